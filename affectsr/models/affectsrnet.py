@@ -1,0 +1,87 @@
+"""AffectSRNet: RRDB backbone + face-graph GCN prior + MSAF fusion at every scale.
+
+    LR ──conv_first──RRDB trunk──trunk_conv──(+)──[fuse 0]──up x2──[fuse 1]──up x2──[fuse 2]──HRconv──conv_last── SR
+                                                      ▲                 ▲                 ▲
+    landmarks (B x 478 x 3) ── GCN over the face graph ── prior map at each scale (spatial or pooled)
+
+Fusion blocks are zero-initialised residuals, so a fresh AffectSRNet (or one whose backbone
+was loaded from a trained RRDB) outputs exactly what its RRDB outputs. Faces without
+landmarks (NaN rows, or ``landmarks=None``) go through the image path alone.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from .face_graph import NUM_LANDMARKS, mediapipe_face_graph
+from .msaf import FusionBlock
+from .prior import PooledPrior, SpatialPrior
+from .rrdb import RRDBNet
+
+PRIORS = ("spatial", "pooled", "none")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild a model; stored inside every weights file."""
+
+    scale: int = 4
+    nf: int = 64  # backbone width
+    nb: int = 23  # number of RRDB blocks
+    gc: int = 32  # dense-block growth channels
+    prior: str = "spatial"  # 'spatial' (ours), 'pooled' (prototype) or 'none' (plain RRDB)
+    fusion: str = "msaf"  # 'msaf' or 'concat' (ablation)
+    gcn_dims: tuple[int, ...] = (64, 128, 128)
+    msaf_groups: int = 4
+    splat_sigma: float = 0.02  # Gaussian width of the spatial prior, as a fraction of the side
+    pooled_map: tuple[int, int] = (8, 16)  # pooled prior: channels, side of the reshaped code
+    in_size: int = 32  # the LR face side the preset is trained for (any size runs)
+
+    def __post_init__(self) -> None:
+        if self.scale not in (2, 4, 8):
+            raise ValueError(f"scale must be 2, 4 or 8, got {self.scale}")
+        if self.prior not in PRIORS:
+            raise ValueError(f"prior must be one of {PRIORS}, got {self.prior!r}")
+        object.__setattr__(self, "gcn_dims", tuple(self.gcn_dims))
+        object.__setattr__(self, "pooled_map", tuple(self.pooled_map))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class AffectSRNet(nn.Module):
+    def __init__(self, config: ModelConfig | None = None):
+        super().__init__()
+        self.config = config = config or ModelConfig()
+        c = config
+        self.backbone = RRDBNet(3, 3, c.nf, c.nb, c.gc, c.scale)
+        self.num_landmarks = NUM_LANDMARKS
+        num_scales = self.backbone.num_up + 1
+        if c.prior == "none":
+            self.prior, self.fusions = None, None
+            return
+        adj = mediapipe_face_graph().normalized_adjacency()
+        if c.prior == "spatial":
+            self.prior = SpatialPrior(adj, c.gcn_dims, c.nf, num_scales, c.splat_sigma)
+        else:
+            self.prior = PooledPrior(adj, c.gcn_dims, c.nf, num_scales, *c.pooled_map)
+        self.fusions = nn.ModuleList(FusionBlock(c.nf, c.fusion, c.msaf_groups) for _ in range(num_scales))
+
+    @property
+    def scale(self) -> int:
+        return self.config.scale
+
+    def forward(self, lr: torch.Tensor, landmarks: torch.Tensor | None = None) -> torch.Tensor:
+        """lr: B x 3 x h x w RGB in [0, 1]; landmarks: B x 478 x 3 (x, y in [0, 1] of lr), NaN rows = none."""
+        if self.prior is None or landmarks is None:
+            return self.backbone(lr)
+        if landmarks.shape[1:] != (self.num_landmarks, 3) or landmarks.shape[0] != lr.shape[0]:
+            raise ValueError(f"landmarks must be {lr.shape[0]} x {self.num_landmarks} x 3, got {tuple(landmarks.shape)}")
+        valid = torch.isfinite(landmarks).flatten(1).all(1)
+        lm = torch.where(valid[:, None, None], landmarks, torch.zeros_like(landmarks)).to(lr.dtype)
+        h, w = lr.shape[-2:]
+        sizes = [(h * 2**k, w * 2**k) for k in range(self.backbone.num_up + 1)]
+        priors = self.prior(lm, sizes)
+        return self.backbone(lr, lambda i, fea: self.fusions[i](fea, priors[i], valid))

@@ -1,0 +1,66 @@
+"""Multimodal Split Attention Fusion (Su et al., 2020), adapted to image + landmark-prior maps.
+
+Each modality's C channels are split into ``groups`` blocks; the blocks of both modalities
+are summed and pooled into one channel descriptor; a shared bottleneck followed by one
+head per modality gives per-channel logits; a softmax over the modalities turns them into
+attention weights that reweight each modality's channels before they are summed.
+
+:class:`FusionBlock` wraps MSAF residually, ``x + proj(MSAF(x, prior))`` with ``proj``
+zero-initialised, so at step 0 the network is exactly its image-only backbone (a trained
+RRDB keeps its output) and the prior is learned as a correction. ``valid`` masks faces with
+no landmarks: for them the block is the identity.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class MSAF(nn.Module):
+    """Split attention over M modalities with equal channel counts; returns the fused C-channel map."""
+
+    def __init__(self, channels: int, num_modalities: int = 2, groups: int = 4, reduction: int = 4):
+        super().__init__()
+        if channels % groups:
+            raise ValueError(f"channels ({channels}) must be divisible by groups ({groups})")
+        self.m, self.groups = num_modalities, groups
+        block = channels // groups
+        hidden = max(block // reduction, 8)
+        self.squeeze = nn.Sequential(nn.Linear(block, hidden), nn.ReLU(inplace=True))
+        # one excitation head per modality and group: logits for every channel of that block
+        self.excite = nn.Linear(hidden, num_modalities * channels)
+
+    def forward(self, *feats: torch.Tensor) -> torch.Tensor:
+        if len(feats) != self.m:
+            raise ValueError(f"MSAF expects {self.m} modalities, got {len(feats)}")
+        b, c, h, w = feats[0].shape
+        g = self.groups
+        stacked = torch.stack(feats, 1)  # B x M x C x H x W
+        # sum over modalities and channel groups, pool over space -> B x (C/g)
+        joint = stacked.view(b, self.m, g, c // g, h, w).sum((1, 2)).mean((-2, -1))
+        logits = self.excite(self.squeeze(joint)).view(b, self.m, c)
+        attn = logits.softmax(1)  # over modalities, per channel
+        return (stacked * attn[..., None, None]).sum(1)
+
+
+class FusionBlock(nn.Module):
+    """Residual fusion of an image feature map with a prior map of the same size."""
+
+    def __init__(self, channels: int, mode: str = "msaf", groups: int = 4):
+        super().__init__()
+        self.mode = mode
+        if mode == "msaf":
+            self.fuse = MSAF(channels, 2, groups)
+            fused = channels
+        elif mode == "concat":  # ablation: plain concatenation, no attention
+            self.fuse = None
+            fused = 2 * channels
+        else:
+            raise ValueError(f"unknown fusion {mode!r}: use 'msaf' or 'concat'")
+        self.proj = nn.Conv2d(fused, channels, 1)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: torch.Tensor, prior: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        fused = self.fuse(x, prior) if self.fuse is not None else torch.cat([x, prior], 1)
+        return x + self.proj(fused) * valid.to(x.dtype).view(-1, 1, 1, 1)

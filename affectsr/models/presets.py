@@ -1,0 +1,128 @@
+"""Named model presets, a timm-style factory, and safetensors weights with their model cards.
+
+Weights live in ``affectsr/weights/<name>.safetensors`` (fp16 or fp32; the model config is
+stored in the file's metadata) beside ``<name>.md``, the model card. Nothing is downloaded:
+a preset without a shipped file is *untrained*, and ``load_model(name)`` says so instead of
+handing out random weights.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from .affectsrnet import AffectSRNet, ModelConfig
+
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+
+_LITE = dict(nf=32, nb=3, gc=16, gcn_dims=(32, 64), msaf_groups=4)
+
+PRESETS: dict[str, tuple[ModelConfig, str]] = {
+    "affectsr-x4": (ModelConfig(scale=4, in_size=32), "AffectSRNet x4 (32->128, 64->256), nf64 nb23, spatial GCN prior + MSAF"),
+    "affectsr-x8": (ModelConfig(scale=8, in_size=16), "AffectSRNet x8 (16->128), nf64 nb23, spatial GCN prior + MSAF"),
+    "affectsr-x4-lite": (ModelConfig(scale=4, in_size=32, **_LITE), "CPU variant of affectsr-x4: nf32 nb3 gc16"),
+    "affectsr-x8-lite": (ModelConfig(scale=8, in_size=16, **_LITE), "CPU variant of affectsr-x8: nf32 nb3 gc16"),
+    "rrdb-x4": (ModelConfig(scale=4, in_size=32, prior="none"), "ESRGAN RRDBNet x4 without priors (backbone / baseline)"),
+    "rrdb-x8": (ModelConfig(scale=8, in_size=16, prior="none"), "ESRGAN RRDBNet x8 without priors (backbone / baseline)"),
+}
+DEFAULT_MODEL = {4: "affectsr-x4", 8: "affectsr-x8"}
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    """A preset has no trained weights shipped (or a weights path does not exist)."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    description: str
+    config: ModelConfig
+    num_params: int
+    weights: Path | None  # the shipped weights file, None while the preset is untrained
+
+    @property
+    def trained(self) -> bool:
+        return self.weights is not None
+
+
+def weights_path(name: str) -> Path | None:
+    p = WEIGHTS_DIR / f"{name}.safetensors"
+    return p if p.is_file() else None
+
+
+def create_model(name: str = "affectsr-x4", **overrides) -> AffectSRNet:
+    """A freshly initialised model from a preset, with optional config overrides (nf=..., prior=...)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown model {name!r}; known: {', '.join(PRESETS)}")
+    return AffectSRNet(replace(PRESETS[name][0], **overrides))
+
+
+def count_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def list_models() -> list[ModelInfo]:
+    """Every preset with its parameter count and whether trained weights ship for it."""
+    out = []
+    for name, (cfg, desc) in PRESETS.items():
+        with torch.device("meta"):  # count parameters without allocating them
+            n = count_params(AffectSRNet(cfg))
+        out.append(ModelInfo(name, desc, cfg, n, weights_path(name)))
+    return out
+
+
+def save_weights(model: AffectSRNet, path: str | Path, half: bool = True, metadata: dict[str, str] | None = None) -> Path:
+    """Write weights + config as safetensors, atomically (temp file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: (v.half() if half and v.is_floating_point() else v).contiguous().cpu() for k, v in model.state_dict().items()}
+    meta = {"config": json.dumps(model.config.to_dict()), "format": "affectsr", **(metadata or {})}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def read_config(path: str | Path) -> ModelConfig:
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if "config" not in meta:
+        raise ValueError(f"{path}: not an affectsr weights file (no config in its metadata)")
+    return ModelConfig(**json.loads(meta["config"]))
+
+
+def load_model(name: str = "affectsr-x4", pretrained: bool = True, device: str | torch.device = "cpu") -> AffectSRNet:
+    """A model in eval mode: a preset name (shipped weights) or a path to a ``.safetensors`` file.
+
+    ``pretrained=False`` gives the preset's architecture with fresh (random) weights.
+    Raises :class:`WeightsNotFoundError` for a preset that has no trained weights yet.
+    Weights load without pickle (safetensors).
+    """
+    if name in PRESETS:
+        if not pretrained:
+            return create_model(name).to(device).eval()
+        path = weights_path(name)
+        if path is None:
+            raise WeightsNotFoundError(
+                f"no trained weights ship for {name!r} yet (see `affectsr models`); "
+                f"use pretrained=False for an untrained network, or pass a .safetensors path"
+            )
+    else:
+        path = Path(name)
+        if path.suffix != ".safetensors" or not path.is_file():
+            raise WeightsNotFoundError(f"{name!r} is neither a preset ({', '.join(PRESETS)}) nor a .safetensors file")
+    model = AffectSRNet(read_config(path))
+    state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
+    model.load_state_dict(state, strict=True)
+    return model.to(device).eval()

@@ -1,0 +1,77 @@
+"""Landmark priors: encode the face graph with a GCN and turn it into feature maps.
+
+Two variants (``ModelConfig.prior``):
+
+* ``pooled`` - the AffectSRNet prototype: GCN, global mean pool over nodes, the code
+  reshaped to a small map (``map_channels`` x ``map_size`` x ``map_size``), then resized and
+  projected to each fusion scale. Node positions survive only through the code.
+* ``spatial`` - ours: each node's GCN feature is splatted as a Gaussian at its (x, y) on
+  every fusion scale's grid (plus a density channel), so expression geometry stays where
+  it is in the image.
+
+Landmarks are B x N x 3 (x, y in [0, 1] of the LR input, z as MediaPipe gives it).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .gcn import GCN
+
+
+def gaussian_splat(nodes: torch.Tensor, xy: torch.Tensor, size: tuple[int, int], sigma: float) -> torch.Tensor:
+    """Place node features on an H x W grid: map[c,h,w] = sum_n f[n,c] g_n(h, w).
+
+    g_n is an isotropic Gaussian at the node's position; ``sigma`` is a fraction of the
+    grid side. The Gaussian is separable, so we contract over nodes with one batched matmul
+    of (C*H x N) by (N x W) and never build the N x H x W tensor (31M floats at 256 px).
+    A last channel carries the density sum_n g_n (where the face is).
+    """
+    b, n, c = nodes.shape
+    h, w = size
+    ys = (torch.arange(h, device=xy.device, dtype=xy.dtype) + 0.5) / h
+    xs = (torch.arange(w, device=xy.device, dtype=xy.dtype) + 0.5) / w
+    gy = torch.exp(-((ys[None, None, :] - xy[..., 1:2]) ** 2) / (2 * sigma**2))  # B x N x H
+    gx = torch.exp(-((xs[None, None, :] - xy[..., 0:1]) ** 2) / (2 * sigma**2))  # B x N x W
+    feats = torch.cat([nodes, torch.ones_like(nodes[..., :1])], -1)  # + density channel
+    left = (feats.unsqueeze(-1) * gy.unsqueeze(2)).reshape(b, n, (c + 1) * h)  # B x N x (C+1)H
+    return torch.bmm(left.transpose(1, 2), gx).view(b, c + 1, h, w)
+
+
+class SpatialPrior(nn.Module):
+    """GCN node features splatted at the landmark positions, one map per fusion scale."""
+
+    def __init__(self, adjacency: torch.Tensor, gcn_dims: tuple[int, ...], nf: int, num_scales: int, sigma: float = 0.02):
+        super().__init__()
+        self.gcn = GCN((3, *gcn_dims), adjacency)
+        self.sigma = sigma
+        c = gcn_dims[-1] + 1
+        self.heads = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(c, nf, 3, 1, 1), nn.LeakyReLU(0.2, inplace=True)) for _ in range(num_scales)
+        )
+
+    def forward(self, landmarks: torch.Tensor, sizes: list[tuple[int, int]]) -> list[torch.Tensor]:
+        nodes = self.gcn(landmarks)
+        xy = landmarks[..., :2]
+        return [head(gaussian_splat(nodes, xy, s, self.sigma)) for head, s in zip(self.heads, sizes)]
+
+
+class PooledPrior(nn.Module):
+    """The prototype's prior: GCN -> mean pool -> reshape to a map -> resize + 1x1 conv per scale."""
+
+    def __init__(self, adjacency: torch.Tensor, gcn_dims: tuple[int, ...], nf: int, num_scales: int,
+                 map_channels: int = 8, map_size: int = 16):
+        super().__init__()
+        self.map_shape = (map_channels, map_size, map_size)
+        self.gcn = GCN((3, *gcn_dims, map_channels * map_size * map_size), adjacency)
+        self.heads = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(map_channels, nf, 1), nn.LeakyReLU(0.2, inplace=True)) for _ in range(num_scales)
+        )
+
+    def forward(self, landmarks: torch.Tensor, sizes: list[tuple[int, int]]) -> list[torch.Tensor]:
+        code = self.gcn(landmarks).mean(1).view(-1, *self.map_shape)
+        return [
+            head(F.interpolate(code, size=s, mode="bilinear", align_corners=False))
+            for head, s in zip(self.heads, sizes)
+        ]
