@@ -1,0 +1,187 @@
+"""Command line: ``affectsr demo | upscale | models`` (``affectsr --help``)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+
+WRITABLE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .models import list_models
+
+    infos = list_models()
+    if args.json:
+        print(json.dumps([{"name": i.name, "scale": i.config.scale, "params": i.num_params, "trained": i.trained,
+                           "description": i.description} for i in infos], indent=2))
+        return 0
+    print(f"{'name':<18} {'scale':>5} {'params':>8}  {'weights':<10} description")
+    for i in infos:
+        print(f"{i.name:<18} {'x' + str(i.config.scale):>5} {i.num_params / 1e6:>7.2f}M  "
+              f"{'trained' if i.trained else 'untrained':<10} {i.description}")
+    if not any(i.trained for i in infos):
+        print("\nNo trained weights ship yet: every preset runs with random weights until they do.")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the demo states untrained weights in its own words
+        path, rep = run_demo(args.out, args.scale, args.model, device=args.device)
+    print(f"wrote {path}")
+    print(f"model: {rep['model']} ({'trained' if rep['trained'] else 'UNTRAINED: random weights, see `affectsr models`'})")
+    print(f"landmarks found on the LR face: {'yes' if rep['landmarks_found'] else 'no'}")
+    print(f"RGB PSNR vs original: bicubic {rep['psnr_bicubic']:.2f} dB, {rep['model']} {rep['psnr_affectsr']:.2f} dB")
+    return 0
+
+
+def _output_path(src: Path, root: Path | None, out_dir: Path, ext: str | None) -> Path:
+    rel = src.relative_to(root) if root is not None else Path(src.name)
+    suffix = ext or (src.suffix.lower() if src.suffix.lower() in WRITABLE_SUFFIXES else ".png")
+    return (out_dir / rel).with_suffix(suffix)
+
+
+def plan_outputs(inputs: list[str], out_dir: Path, ext: str | None) -> tuple[list[tuple[Path, Path]], list[str]]:
+    """(input, output) pairs, keeping sub-folders of folder inputs; and errors found before any work."""
+    from .images import iter_image_files
+
+    pairs, errors, seen = [], [], {}
+    for item in inputs:
+        p = Path(item)
+        if not p.exists():
+            errors.append(f"{item}: no such file or folder")
+            continue
+        files = iter_image_files([p])
+        if p.is_dir() and not files:
+            errors.append(f"{item}: folder holds no images")
+        for f in files:
+            dst = _output_path(f, p if p.is_dir() else None, out_dir, ext)
+            key = dst.resolve()
+            if key in seen:
+                errors.append(f"{f}: would write the same output as {seen[key]} ({dst}); upscale them separately")
+                continue
+            seen[key] = f
+            pairs.append((f, dst))
+    input_set = {f.resolve() for f, _ in pairs}
+    safe = []
+    for f, dst in pairs:
+        if dst.resolve() in input_set:
+            errors.append(f"{f}: output {dst} is an input file; choose another -o folder")
+        else:
+            safe.append((f, dst))
+    return safe, errors
+
+
+def cmd_upscale(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .images import ImageReadError
+    from .pipeline import UntrainedModelWarning, Upscaler
+
+    out_dir = Path(args.output)
+    ext = ("." + args.ext.lower().lstrip(".")) if args.ext else None
+    if ext and ext not in WRITABLE_SUFFIXES:
+        print(f"error: --ext {args.ext}: not one of {sorted(WRITABLE_SUFFIXES)}", file=sys.stderr)
+        return 2
+    pairs, errors = plan_outputs(args.inputs, out_dir, ext)
+    for e in errors:
+        print(f"error: {e}", file=sys.stderr)
+    todo = []
+    for src, dst in pairs:
+        if dst.exists() and not args.overwrite:
+            errors.append(f"{src}: {dst} exists (use --overwrite to replace it)")
+            print(f"error: {errors[-1]}", file=sys.stderr)
+        else:
+            todo.append((src, dst))
+    if not todo:
+        if not errors:
+            print("nothing to do", file=sys.stderr)
+        return 1 if errors else 0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UntrainedModelWarning)
+        try:
+            up = Upscaler(args.scale, args.model, args.device, margin=args.margin)
+        except (ValueError, FileNotFoundError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
+    failed = len(errors)
+    n_faces = 0
+    with up, tqdm(todo, desc=f"upscale x{args.scale}", unit="img", disable=args.quiet or None, file=sys.stderr) as bar:
+        for src, dst in bar:
+            try:
+                result = up(src, aligned=args.aligned)
+                result.save(dst, overwrite=args.overwrite)
+                n_faces += len(result.faces)
+                for note in result.notes:
+                    tqdm.write(f"note: {src}: {note}", file=sys.stderr)
+            except (ImageReadError, ValueError, OSError) as e:
+                failed += 1
+                tqdm.write(f"error: {src}: {e}" if str(src) not in str(e) else f"error: {e}", file=sys.stderr)
+            bar.set_postfix(faces=n_faces, failed=failed)
+    done = len(todo) - (failed - len(errors))
+    print(f"{done} image(s) written to {out_dir} ({n_faces} face(s)), {failed} failed", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="affectsr", description="Emotion-aware face super-resolution.")
+    p.add_argument("--version", action="version", version=f"affectsr {_version()}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    d = sub.add_parser("demo", help="upscale the bundled face and write a side-by-side PNG (no arguments needed)")
+    d.add_argument("--out", default="affectsr-demo", help="output folder (default: ./affectsr-demo)")
+    d.add_argument("--scale", type=int, choices=(4, 8), default=4)
+    d.add_argument("--model", default=None, help="preset name or .safetensors path (default: affectsr-x<scale>)")
+    d.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    d.set_defaults(func=cmd_demo)
+
+    u = sub.add_parser("upscale", help="upscale the faces in images or folders of images")
+    u.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders (searched recursively)")
+    u.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder")
+    u.add_argument("--scale", type=int, choices=(4, 8), default=4)
+    u.add_argument("--model", default=None, help="preset name or .safetensors path (default: affectsr-x<scale>)")
+    u.add_argument("--aligned", action="store_true", help="inputs are face crops: no detection, no paste-back")
+    u.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    u.add_argument("--ext", default=None, help="output format, e.g. png (default: keep the input's)")
+    u.add_argument("--margin", type=float, default=0.6, help="face crop margin around the detected box (default 0.6)")
+    u.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    u.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    u.set_defaults(func=cmd_upscale)
+
+    m = sub.add_parser("models", help="list the model presets and whether trained weights ship")
+    m.add_argument("--json", action="store_true")
+    m.set_defaults(func=cmd_models)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

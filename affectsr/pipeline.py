@@ -1,0 +1,208 @@
+"""Whole-image face upscaling: detect faces, crop, super-resolve, paste back.
+
+The background is upscaled bicubically; each face is cropped square with a margin from the
+low-resolution image, its 478 landmarks are detected on the crop (upsampled to the
+detector's size inside :class:`LandmarkDetector`), the crop is super-resolved with the
+landmark prior, and pasted back with a feathered mask. ``aligned=True`` skips detection and
+treats the whole input as one face crop (datasets, already-cropped faces).
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .images import LoadedImage, read_image, save_image, to_rgb_uint8
+from .landmarks import FaceBox, LandmarkDetector
+from .models import DEFAULT_MODEL, WeightsNotFoundError, create_model, load_model
+
+MAX_OUTPUT_PIXELS = 200_000_000  # ~600 MB of RGB: refuse rather than exhaust memory
+MAX_FACE_SIDE = 256  # larger LR face crops are processed at this side, then resized (CPU time)
+
+
+class UntrainedModelWarning(UserWarning):
+    """The model in use has random weights: its faces are not meaningful."""
+
+
+@dataclass
+class FaceResult:
+    """One face: its square crop box in input pixels, the detection, and its landmarks."""
+
+    box: tuple[int, int, int, int]  # x0, y0, x1, y1 of the square crop (may extend past the image)
+    detection: FaceBox | None  # the detector's box (None in aligned mode)
+    landmarks: np.ndarray | None  # 478 x 3: x, y in input-image pixels, z as MediaPipe gives it
+
+    @property
+    def has_landmarks(self) -> bool:
+        return self.landmarks is not None
+
+
+@dataclass
+class UpscaleResult:
+    image: np.ndarray  # (H*scale) x (W*scale) x 3 uint8 RGB
+    faces: list[FaceResult]
+    scale: int
+    model_name: str
+    trained: bool  # False when the model has random weights
+    alpha: np.ndarray | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def to_pil(self) -> Image.Image:
+        if self.alpha is None:
+            return Image.fromarray(self.image)
+        return Image.fromarray(np.dstack([self.image, self.alpha]), "RGBA")
+
+    def save(self, path: str | Path, overwrite: bool = False) -> Path:
+        return save_image(path, self.image, self.alpha, overwrite=overwrite)
+
+
+def resize(rgb: np.ndarray, size: tuple[int, int], resample=Image.BICUBIC) -> np.ndarray:
+    """PIL resize of a uint8 HxW(xC) array to (width, height); returns a writable array."""
+    return np.array(Image.fromarray(rgb).resize(size, resample))
+
+
+def crop_padded(rgb: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """Crop a box that may extend past the image, replicating edge pixels outside it."""
+    x0, y0, x1, y1 = box
+    h, w = rgb.shape[:2]
+    ys = np.clip(np.arange(y0, y1), 0, h - 1)
+    xs = np.clip(np.arange(x0, x1), 0, w - 1)
+    return rgb[ys[:, None], xs[None, :]]
+
+
+def feather_mask(h: int, w: int, frac: float = 0.12) -> np.ndarray:
+    """H x W weights: 1 inside, a cosine ramp to 0 over ``frac`` of the side at each border."""
+
+    def ramp(n: int) -> np.ndarray:
+        r = max(1, int(round(n * frac)))
+        t = np.ones(n, np.float32)
+        edge = 0.5 - 0.5 * np.cos(np.linspace(0, np.pi, r + 2, dtype=np.float32)[1:-1])
+        t[:r], t[n - r:] = edge[: min(r, n)], edge[::-1][: min(r, n)]
+        return t
+
+    return np.outer(ramp(h), ramp(w))
+
+
+def paste(background: np.ndarray, patch: np.ndarray, x0: int, y0: int, mask: np.ndarray) -> None:
+    """Blend ``patch`` into ``background`` at (x0, y0) in place; parts outside are dropped."""
+    h, w = background.shape[:2]
+    ph, pw = patch.shape[:2]
+    bx0, by0, bx1, by1 = max(x0, 0), max(y0, 0), min(x0 + pw, w), min(y0 + ph, h)
+    if bx0 >= bx1 or by0 >= by1:
+        return
+    p = patch[by0 - y0: by1 - y0, bx0 - x0: bx1 - x0].astype(np.float32)
+    m = mask[by0 - y0: by1 - y0, bx0 - x0: bx1 - x0, None]
+    region = background[by0:by1, bx0:bx1].astype(np.float32)
+    background[by0:by1, bx0:bx1] = np.clip(m * p + (1 - m) * region + 0.5, 0, 255).astype(np.uint8)
+
+
+def resolve_model(model: torch.nn.Module | str | None, scale: int, device: torch.device) -> tuple[torch.nn.Module, str, bool]:
+    """(model, name, trained). ``None`` picks the default preset for ``scale``; untrained presets warn.
+
+    Any ``nn.Module`` with a ``scale`` attribute and ``forward(lr, landmarks=None)`` works
+    (AffectSRNet, baselines, test doubles).
+    """
+    if isinstance(model, torch.nn.Module):
+        return model.to(device).eval(), getattr(model, "name", "custom"), getattr(model, "trained", True)
+    name = model or DEFAULT_MODEL.get(scale)
+    if name is None:
+        raise ValueError(f"scale must be 4 or 8 for the default models, got {scale}")
+    try:
+        net, trained = load_model(name, pretrained=True, device=device), True
+    except WeightsNotFoundError:
+        if model is not None and not name.startswith(("affectsr-", "rrdb-")):
+            raise
+        warnings.warn(
+            f"no trained weights ship for {name!r} yet: faces are upscaled by an UNTRAINED network "
+            f"(random weights) and will not look right", UntrainedModelWarning, stacklevel=3)
+        net, trained = create_model(name).to(device).eval(), False
+    net.name, net.trained = name, trained  # type: ignore[attr-defined]
+    return net, name, trained
+
+
+class Upscaler:
+    """Holds one model and one landmark detector, for upscaling many images."""
+
+    def __init__(self, scale: int = 4, model: torch.nn.Module | str | None = None, device: str | None = None,
+                 margin: float = 0.6, detector: LandmarkDetector | None = None):
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model, self.model_name, self.trained = resolve_model(model, scale, self.device)
+        if self.model.scale != scale:
+            raise ValueError(f"model {self.model_name!r} upscales x{self.model.scale}, but scale={scale} was asked")
+        self.scale, self.margin = scale, margin
+        self.detector = detector or LandmarkDetector()
+
+    def close(self) -> None:
+        self.detector.close()
+
+    def __enter__(self) -> "Upscaler":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @torch.no_grad()
+    def super_resolve(self, crop: np.ndarray, landmarks: np.ndarray | None) -> np.ndarray:
+        """One RGB uint8 crop (h x w x 3) -> (h*s) x (w*s) x 3 uint8, with landmarks normalised to the crop."""
+        x = torch.from_numpy(crop).to(self.device).permute(2, 0, 1)[None].float() / 255.0
+        lm = None
+        if landmarks is not None:
+            lm = torch.from_numpy(landmarks[None]).to(self.device).float()
+        y = self.model(x, lm).clamp_(0, 1)
+        return (y[0].permute(1, 2, 0) * 255.0 + 0.5).byte().cpu().numpy()
+
+    def __call__(self, image, aligned: bool = False) -> UpscaleResult:
+        src = read_image(image) if isinstance(image, (str, Path)) else to_rgb_uint8(image)
+        return self.upscale_loaded(src, aligned)
+
+    def upscale_loaded(self, src: LoadedImage, aligned: bool = False) -> UpscaleResult:
+        rgb, s = src.rgb, self.scale
+        h, w = rgb.shape[:2]
+        if h * w * s * s > MAX_OUTPUT_PIXELS:
+            raise ValueError(f"output would be {w * s}x{h * s} pixels (over {MAX_OUTPUT_PIXELS:,}); "
+                             f"downscale the input or use a smaller scale")
+        alpha = resize(src.alpha, (w * s, h * s)) if src.alpha is not None else None
+        notes: list[str] = []
+        if aligned:
+            lms, found = self.detector.detect_landmarks([rgb])
+            lm = lms[0] if found[0] else None
+            if lm is None:
+                notes.append("no landmarks found on the aligned face: upscaled without the landmark prior")
+            out = self.super_resolve(rgb, lm)
+            face = FaceResult((0, 0, w, h), None, None if lm is None else lm * [w, h, 1])
+            return UpscaleResult(out, [face], s, self.model_name, self.trained, alpha, notes)
+
+        out = resize(rgb, (w * s, h * s))
+        boxes = self.detector.detect_faces(rgb)
+        if not boxes:
+            notes.append("no face found: the whole image was upscaled bicubically")
+        faces = []
+        for fb in boxes:
+            x0, y0, x1, y1 = fb.square(self.margin)
+            side = x1 - x0
+            crop = crop_padded(rgb, (x0, y0, x1, y1))
+            work = crop if side <= MAX_FACE_SIDE else resize(crop, (MAX_FACE_SIDE, MAX_FACE_SIDE))
+            lms, found = self.detector.detect_landmarks([work])
+            lm = lms[0] if found[0] else None
+            sr = self.super_resolve(work, lm)
+            if sr.shape[0] != side * s:
+                sr = resize(sr, (side * s, side * s))
+            paste(out, sr, x0 * s, y0 * s, feather_mask(side * s, side * s))
+            faces.append(FaceResult((x0, y0, x1, y1), fb, None if lm is None else lm * [side, side, 1] + [x0, y0, 0]))
+        return UpscaleResult(out, faces, s, self.model_name, self.trained, alpha, notes)
+
+
+def upscale(image, scale: int = 4, model: torch.nn.Module | str | None = None, aligned: bool = False,
+            device: str | None = None, margin: float = 0.6) -> UpscaleResult:
+    """Super-resolve every face in ``image`` (a path, PIL image or numpy array) and paste it back.
+
+    ``model``: a preset name, a ``.safetensors`` path, an ``nn.Module`` (e.g. AffectSRNet), or None for the
+    default preset of ``scale``. ``aligned=True``: the image is one face crop (no detection, no
+    paste-back). The result carries the upscaled image and per-face boxes and landmarks.
+    """
+    with Upscaler(scale, model, device, margin) as up:
+        return up(image, aligned=aligned)

@@ -1,0 +1,153 @@
+"""Whole-image pipeline: detection, crop, SR, paste-back, and awkward inputs."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import affectsr
+from affectsr import pipeline
+from affectsr.images import ImageReadError
+from affectsr.models import create_model
+from affectsr.pipeline import Upscaler, UntrainedModelWarning, crop_padded, feather_mask, resize
+
+
+class Brighten(torch.nn.Module):
+    """Stand-in SR model: nearest x4 then +40/255, so pasted faces are easy to tell from bicubic."""
+
+    scale = 4
+
+    def forward(self, x, landmarks=None):
+        self.seen_landmarks = landmarks
+        return torch.nn.functional.interpolate(x, scale_factor=4, mode="nearest") + 40 / 255
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    torch.manual_seed(0)
+    return create_model("affectsr-x4-lite", nf=8, nb=1, gc=4, gcn_dims=(8,))
+
+
+@pytest.fixture
+def upscaler(tiny_model, landmark_detector):
+    return Upscaler(4, tiny_model, device="cpu", detector=landmark_detector)
+
+
+def test_two_faces_are_pasted_back_and_background_is_bicubic(upscaler, two_face_image):
+    res = upscaler(two_face_image)
+    h, w = two_face_image.shape[:2]
+    assert res.image.shape == (h * 4, w * 4, 3) and res.image.dtype == np.uint8
+    assert len(res.faces) == 2
+    bicubic = resize(two_face_image, (w * 4, h * 4))
+    for face in res.faces:
+        x0, y0, x1, y1 = face.box
+        assert x1 - x0 == y1 - y0 > 0
+        assert face.landmarks is not None and face.landmarks.shape == (478, 3)
+        # landmarks are in input pixels and lie inside the detected face's crop
+        assert (face.landmarks[:, 0] > x0).all() and (face.landmarks[:, 0] < x1).all()
+        cx, cy = (x0 + x1) * 2, (y0 + y1) * 2  # crop centre in output pixels
+        assert not np.array_equal(res.image[cy - 8:cy + 8, cx - 8:cx + 8], bicubic[cy - 8:cy + 8, cx - 8:cx + 8])
+    # the faces sit left and right; the corners are far from both crops and stay bicubic
+    assert res.faces[0].box[0] < res.faces[1].box[0]
+    np.testing.assert_array_equal(res.image[:20, :20], bicubic[:20, :20])
+    np.testing.assert_array_equal(res.image[-20:, -20:], bicubic[-20:, -20:])
+
+
+def test_feathered_paste_blends_model_output(landmark_detector, default_face):
+    canvas = np.full((200, 200, 3), 90, np.uint8)
+    canvas[36:164, 36:164] = default_face
+    model = Brighten()
+    up = Upscaler(4, model, device="cpu", detector=landmark_detector)
+    res = up(canvas)
+    assert len(res.faces) == 1
+    x0, y0, x1, y1 = (v * 4 for v in res.faces[0].box)
+    cx, cy = (x0 + x1) // 2, (y0 + y1) // 2
+    bicubic = resize(canvas, (800, 800)).astype(int)
+    centre = res.image[cy - 10:cy + 10, cx - 10:cx + 10].astype(int) - bicubic[cy - 10:cy + 10, cx - 10:cx + 10]
+    assert 25 < centre.mean() < 55  # the model's +40 shows at full strength in the middle
+    assert model.seen_landmarks is not None and torch.isfinite(model.seen_landmarks).all()
+
+
+def test_no_face_gives_bicubic_and_a_note(upscaler, no_face_image):
+    res = upscaler(no_face_image)
+    h, w = no_face_image.shape[:2]
+    assert res.faces == []
+    np.testing.assert_array_equal(res.image, resize(no_face_image, (w * 4, h * 4)))
+    assert any("no face" in n for n in res.notes)
+
+
+def test_aligned_face_crop(upscaler, default_face):
+    lr = resize(default_face, (32, 32))
+    res = upscaler(lr, aligned=True)
+    assert res.image.shape == (128, 128, 3)
+    assert len(res.faces) == 1 and res.faces[0].box == (0, 0, 32, 32)
+    assert res.faces[0].has_landmarks
+
+
+@pytest.mark.parametrize("kind", ["grey", "rgba", "uint16", "float", "pil_grey", "tiny"])
+def test_input_kinds(upscaler, default_face, kind):
+    if kind == "grey":
+        img = default_face.mean(2).astype(np.uint8)
+    elif kind == "rgba":
+        img = np.dstack([default_face, np.full(default_face.shape[:2], 200, np.uint8)])
+    elif kind == "uint16":
+        img = default_face.astype(np.uint16) * 257
+    elif kind == "float":
+        img = default_face.astype(np.float32) / 255
+    elif kind == "pil_grey":
+        img = Image.fromarray(default_face).convert("L")
+    else:
+        img = np.zeros((1, 1, 3), np.uint8)
+    res = upscaler(img)
+    h, w = np.asarray(img).shape[:2]
+    assert res.image.shape == (h * 4, w * 4, 3)
+    if kind == "rgba":
+        assert res.alpha is not None and res.alpha.shape == (h * 4, w * 4) and res.to_pil().mode == "RGBA"
+    if kind == "tiny":
+        assert res.faces == []
+
+
+def test_bad_files_raise_clear_errors(upscaler, bad_files):
+    for name in ("corrupt_jpeg", "text_as_png", "huge_png", "empty_png"):
+        with pytest.raises(ImageReadError, match=bad_files[name].name):
+            upscaler(bad_files[name])
+
+
+def test_output_size_limit(upscaler, monkeypatch):
+    monkeypatch.setattr(pipeline, "MAX_OUTPUT_PIXELS", 100_000)
+    with pytest.raises(ValueError, match="over"):
+        upscaler(np.zeros((100, 100, 3), np.uint8))
+
+
+def test_scale_mismatch_is_an_error(tiny_model, landmark_detector):
+    with pytest.raises(ValueError, match="x4"):
+        Upscaler(8, tiny_model, device="cpu", detector=landmark_detector)
+
+
+def test_untrained_default_model_warns(monkeypatch, tmp_path, landmark_detector):
+    monkeypatch.setattr("affectsr.models.presets.WEIGHTS_DIR", tmp_path)
+    with pytest.warns(UntrainedModelWarning, match="UNTRAINED"):
+        up = Upscaler(4, "affectsr-x4-lite", device="cpu", detector=landmark_detector)
+    assert up.trained is False and up.model_name == "affectsr-x4-lite"
+    with pytest.raises(FileNotFoundError):
+        Upscaler(4, str(tmp_path / "missing.safetensors"), device="cpu", detector=landmark_detector)
+
+
+def test_public_upscale_api(tiny_model, default_face):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a model instance given by the user must not warn
+        res = affectsr.upscale(resize(default_face, (32, 32)), scale=4, model=tiny_model, aligned=True, device="cpu")
+    assert res.image.shape == (128, 128, 3)
+
+
+def test_crop_padded_and_feather():
+    img = np.arange(16, dtype=np.uint8).reshape(4, 4, 1).repeat(3, 2)
+    c = crop_padded(img, (-2, -2, 2, 2))
+    assert c.shape == (4, 4, 3)
+    assert (c[:2, :2, 0] == img[0, 0, 0]).all() and c[3, 3, 0] == img[1, 1, 0]
+    m = feather_mask(40, 60)
+    assert m.shape == (40, 60) and m.max() == 1.0 and m[20, 30] == 1.0
+    assert m[0, 0] < 0.05 and (m >= 0).all() and np.allclose(m, m[::-1, ::-1])
