@@ -137,6 +137,20 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import machine, rows_to_dicts, run_bench, to_markdown
+
+    names = args.models.split(",") if args.models else None
+    batches = [int(b) for b in args.batch.split(",")]
+    try:
+        rows = run_bench(names, batches, args.device, args.min_time)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps({"machine": machine(), "rows": rows_to_dicts(rows)}, indent=2) if args.json else to_markdown(rows))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="affectsr", description="Emotion-aware face super-resolution.")
     p.add_argument("--version", action="version", version=f"affectsr {_version()}")
@@ -165,6 +179,13 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("models", help="list the model presets and whether trained weights ship")
     m.add_argument("--json", action="store_true")
     m.set_defaults(func=cmd_models)
+    b = sub.add_parser("bench", help="faces/s and latency per preset on this machine")
+    b.add_argument("--models", default=None, help="comma-separated presets (default: all)")
+    b.add_argument("--batch", default="1,8", help="comma-separated batch sizes (default: 1,8)")
+    b.add_argument("--device", default="cpu")
+    b.add_argument("--min-time", type=float, default=2.0, help="seconds of timing per measurement (default 2)")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_bench)
     return p
 
 

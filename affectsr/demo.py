@@ -19,8 +19,8 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
-def side_by_side(panels: list[tuple[str, np.ndarray]], label_height: int = 22) -> Image.Image:
-    """Panels of equal size in a row, each with its label above it."""
+def side_by_side(panels: list[tuple[str, np.ndarray]], label_height: int = 36) -> Image.Image:
+    """Panels of equal size in a row, each with its label (up to two lines) above it."""
     h, w = panels[0][1].shape[:2]
     canvas = Image.new("RGB", (w * len(panels), h + label_height), "white")
     draw = ImageDraw.Draw(canvas)
@@ -30,7 +30,7 @@ def side_by_side(panels: list[tuple[str, np.ndarray]], label_height: int = 22) -
         font = ImageFont.load_default()
     for i, (label, img) in enumerate(panels):
         canvas.paste(Image.fromarray(img), (i * w, label_height))
-        draw.text((i * w + 4, 4), label, fill="black", font=font)
+        draw.multiline_text((i * w + 4, 2), label, fill="black", font=font, spacing=2)
     return canvas
 
 
@@ -42,10 +42,10 @@ def run_demo(out_dir: str | Path = "affectsr-demo", scale: int = 4, model: str |
     with Upscaler(scale, model, device) as up:
         result = up(lr, aligned=True)
     bicubic = resize(lr, (size, size))
-    label = result.model_name + ("" if result.trained else " (UNTRAINED)")
+    label = result.model_name + ("" if result.trained else "\n(untrained: random weights)")
     panels = [
-        (f"LR {size // scale}px", resize(lr, (size, size), Image.NEAREST)),
-        ("bicubic", bicubic),
+        (f"LR {size // scale}px\n(nearest)", resize(lr, (size, size), Image.NEAREST)),
+        ("bicubic x" + str(scale), bicubic),
         (label, result.image),
         (f"original {size}px", hr),
     ]

@@ -14,10 +14,10 @@ from .presets import (
     load_model,
     save_weights,
 )
-from .rrdb import RRDBNet, esrgan_state_dict
+from .rrdb import RRDBNet, esrgan_state_dict, load_esrgan_checkpoint
 
 __all__ = [
     "AffectSRNet", "ModelConfig", "NUM_LANDMARKS", "FaceGraph", "mediapipe_face_graph", "GCN", "GCNLayer",
     "MSAF", "FusionBlock", "DEFAULT_MODEL", "PRESETS", "ModelInfo", "WeightsNotFoundError", "count_params",
-    "create_model", "list_models", "load_model", "save_weights", "RRDBNet", "esrgan_state_dict",
+    "create_model", "list_models", "load_model", "save_weights", "RRDBNet", "esrgan_state_dict", "load_esrgan_checkpoint",
 ]

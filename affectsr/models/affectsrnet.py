@@ -73,6 +73,24 @@ class AffectSRNet(nn.Module):
     def scale(self) -> int:
         return self.config.scale
 
+    def load_backbone(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Initialise the RRDB from an ESRGAN-named state dict (see ``rrdb.esrgan_state_dict``).
+
+        x4 loads with ``strict=True``; for x8 the extra ``upconv3`` (absent from ESRGAN x4
+        checkpoints) keeps its fresh initialisation, and nothing else may be missing.
+        """
+        own = self.backbone.state_dict()
+        wrong = [k for k, v in state_dict.items() if k in own and own[k].shape != v.shape]
+        if wrong:
+            raise ValueError(f"checkpoint does not match this RRDB (nf={self.config.nf}, nb={self.config.nb}, "
+                             f"gc={self.config.gc}): shape mismatch at {wrong[:3]}")
+        missing, unexpected = self.backbone.load_state_dict(state_dict, strict=False)
+        allowed = {"upconv3.weight", "upconv3.bias"} if self.scale == 8 else set()
+        if unexpected or set(missing) - allowed:
+            raise ValueError(f"checkpoint does not match this RRDB (nf={self.config.nf}, nb={self.config.nb}, "
+                             f"gc={self.config.gc}): missing {sorted(set(missing) - allowed)[:5]}, "
+                             f"unexpected {sorted(unexpected)[:5]}")
+
     def forward(self, lr: torch.Tensor, landmarks: torch.Tensor | None = None) -> torch.Tensor:
         """lr: B x 3 x h x w RGB in [0, 1]; landmarks: B x 478 x 3 (x, y in [0, 1] of lr), NaN rows = none."""
         if self.prior is None or landmarks is None:

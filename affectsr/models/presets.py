@@ -87,6 +87,7 @@ def save_weights(model: AffectSRNet, path: str | Path, half: bool = True, metada
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=meta)
+        os.chmod(tmp, 0o644)  # mkstemp's files are 0600; shipped weights must be world-readable
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -126,13 +126,13 @@ def esrgan_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch
         if wrapper in sd and isinstance(sd[wrapper], Mapping):
             sd = dict(sd[wrapper])
             break
+    sd = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in sd.items()}
     out: dict[str, torch.Tensor] = {}
     trunk_conv_idx = None
     subs = [k for k in sd if k.startswith("model.1.sub.")]
     if subs:
         trunk_conv_idx = max(int(k.split(".")[3]) for k in subs)  # the last sub-module is trunk_conv
-    for key, value in sd.items():
-        k = key[len("module."):] if key.startswith("module.") else key
+    for k, value in sd.items():
         m = re.match(r"model\.1\.sub\.(\d+)\.(.*)$", k)
         if m:
             idx, rest = int(m.group(1)), m.group(2)
@@ -155,8 +155,26 @@ def esrgan_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch
 
 def infer_rrdb_config(state_dict: Mapping[str, torch.Tensor]) -> dict[str, int]:
     """nf, nb, gc and scale of an RRDBNet checkpoint already mapped by :func:`esrgan_state_dict`."""
+    if state_dict["conv_first.weight"].shape[1] != 3:
+        raise ValueError("pixel-unshuffle RRDBNet checkpoints (BasicSR x1/x2, conv_first with "
+                         f"{state_dict['conv_first.weight'].shape[1]} input channels) are not supported")
     nf = state_dict["conv_first.weight"].shape[0]
     gc = state_dict["RRDB_trunk.0.RDB1.conv1.weight"].shape[0]
     nb = 1 + max(int(k.split(".")[1]) for k in state_dict if k.startswith("RRDB_trunk."))
     num_up = sum(1 for k in state_dict if re.fullmatch(r"upconv\d\.weight", k))
     return {"nf": nf, "nb": nb, "gc": gc, "scale": 2**num_up}
+
+
+def load_esrgan_checkpoint(path: str) -> dict[str, torch.Tensor]:
+    """Read an ESRGAN/BasicSR RRDBNet checkpoint without unpickling code, mapped to our names.
+
+    ``.safetensors`` files are read directly; ``.pth``/``.pt`` files with
+    ``torch.load(weights_only=True)``, which refuses anything but tensors and containers.
+    """
+    if str(path).endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        sd = load_file(str(path))
+    else:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    return esrgan_state_dict(sd)
