@@ -10,7 +10,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .assets import default_face
-from .pipeline import Upscaler, resize
+from .images import resize
+from .pipeline import Upscaler
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

@@ -331,6 +331,17 @@ def _is_hidden(name: str) -> bool:
     return name.startswith(".")
 
 
+def resize(rgb: np.ndarray, size: tuple[int, int], resample: int = Image.Resampling.BICUBIC) -> np.ndarray:
+    """PIL resize of a uint8 H x W (x C) array to ``size`` = (width, height); returns a writable array.
+
+    The one resize used across the project (bicubic by default, as the SR literature
+    degrades and compares with PIL/MATLAB-style bicubic).
+    """
+    if rgb.shape[1] == size[0] and rgb.shape[0] == size[1]:
+        return np.array(rgb)
+    return np.array(Image.fromarray(rgb).resize(size, resample))
+
+
 def iter_image_files(paths: Iterable[str | os.PathLike[str]] | str | os.PathLike[str]) -> list[Path]:
     """Expand folders into their image files; keep explicit files as given so the reader reports bad ones.
 

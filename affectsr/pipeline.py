@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .images import LoadedImage, read_image, save_image, to_rgb_uint8
+from .images import LoadedImage, read_image, resize, save_image, to_rgb_uint8
 from .landmarks import FaceBox, LandmarkDetector
 from .models import DEFAULT_MODEL, WeightsNotFoundError, create_model, load_model
 
@@ -58,11 +58,6 @@ class UpscaleResult:
 
     def save(self, path: str | Path, overwrite: bool = False) -> Path:
         return save_image(path, self.image, self.alpha, overwrite=overwrite)
-
-
-def resize(rgb: np.ndarray, size: tuple[int, int], resample=Image.BICUBIC) -> np.ndarray:
-    """PIL resize of a uint8 HxW(xC) array to (width, height); returns a writable array."""
-    return np.array(Image.fromarray(rgb).resize(size, resample))
 
 
 def crop_padded(rgb: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:

@@ -12,7 +12,8 @@ import affectsr
 from affectsr import pipeline
 from affectsr.images import ImageReadError
 from affectsr.models import create_model
-from affectsr.pipeline import Upscaler, UntrainedModelWarning, crop_padded, feather_mask, resize
+from affectsr.images import resize
+from affectsr.pipeline import Upscaler, UntrainedModelWarning, crop_padded, feather_mask
 
 
 class Brighten(torch.nn.Module):

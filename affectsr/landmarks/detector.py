@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from affectsr.images import ImageReadError, to_rgb_uint8
+from affectsr.images import ImageReadError, resize, to_rgb_uint8
 
 __all__ = ["NUM_LANDMARKS", "FaceBox", "LandmarkDetector"]
 
@@ -125,13 +125,6 @@ def _suppress_duplicates(boxes: list[FaceBox]) -> list[FaceBox]:
         if not duplicate:
             kept.append(box)
     return kept
-
-
-def _resize(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
-    if rgb.shape[1] == width and rgb.shape[0] == height:
-        return rgb
-    image = Image.fromarray(rgb).resize((width, height), Image.Resampling.BICUBIC)
-    return np.asarray(image)
 
 
 def _as_crop_list(crops: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -250,7 +243,7 @@ class LandmarkDetector:
         long_side = max(height, width)
         if long_side < _DETECTION_LONG_SIDE:
             scale = _DETECTION_LONG_SIDE / long_side
-            image = _resize(image, max(1, round(width * scale)), max(1, round(height * scale)))
+            image = resize(image, (max(1, round(width * scale)), max(1, round(height * scale))))
 
         result = self._process("detection", image)
         boxes: list[FaceBox] = []
@@ -313,7 +306,7 @@ class LandmarkDetector:
                 mode="edge",
             )
         size = self.detector_size
-        result = self._process("mesh", _resize(rgb, size, size))
+        result = self._process("mesh", resize(rgb, (size, size)))
         if not result.multi_face_landmarks:
             return None
         mesh = result.multi_face_landmarks[0].landmark

@@ -36,6 +36,7 @@ class ModelConfig:
     gcn_dims: tuple[int, ...] = (64, 128, 128)
     msaf_groups: int = 4
     splat_sigma: float = 0.02  # Gaussian width of the spatial prior, as a fraction of the side
+    splat_channels: int = 16  # spatial prior: channels splatted per scale
     pooled_map: tuple[int, int] = (8, 16)  # pooled prior: channels, side of the reshaped code
     in_size: int = 32  # the LR face side the preset is trained for (any size runs)
 
@@ -64,7 +65,7 @@ class AffectSRNet(nn.Module):
             return
         adj = mediapipe_face_graph().normalized_adjacency()
         if c.prior == "spatial":
-            self.prior = SpatialPrior(adj, c.gcn_dims, c.nf, num_scales, c.splat_sigma)
+            self.prior = SpatialPrior(adj, c.gcn_dims, c.nf, num_scales, c.splat_sigma, c.splat_channels)
         else:
             self.prior = PooledPrior(adj, c.gcn_dims, c.nf, num_scales, *c.pooled_map)
         self.fusions = nn.ModuleList(FusionBlock(c.nf, c.fusion, c.msaf_groups) for _ in range(num_scales))
