@@ -1,6 +1,7 @@
 """The no-argument demo: a bundled public-domain face, downscaled, then upscaled back.
 
-Writes one side-by-side PNG: LR (shown with nearest-neighbour) | bicubic | affectsr | original.
+Writes one side-by-side PNG: LR (shown with nearest-neighbour) | bicubic | the landmarks the
+prior sees | affectsr | original.
 """
 from __future__ import annotations
 
@@ -35,6 +36,16 @@ def side_by_side(panels: list[tuple[str, np.ndarray]], label_height: int = 36) -
     return canvas
 
 
+def draw_landmarks(rgb: np.ndarray, landmarks: np.ndarray | None, scale: float) -> np.ndarray:
+    """The face graph's nodes drawn on ``rgb`` (landmarks in pixels of an image ``scale`` times smaller)."""
+    img = Image.fromarray(rgb)
+    if landmarks is not None:
+        draw = ImageDraw.Draw(img)
+        for x, y in landmarks[:, :2] * scale:
+            draw.point((float(x), float(y)), fill=(0, 255, 80))
+    return np.asarray(img)
+
+
 def run_demo(out_dir: str | Path = "affectsr-demo", scale: int = 4, model: str | None = None,
              size: int = 128, device: str | None = None) -> tuple[Path, dict]:
     """Make the demo picture; returns its path and a small report (model, trained, PSNRs)."""
@@ -47,6 +58,7 @@ def run_demo(out_dir: str | Path = "affectsr-demo", scale: int = 4, model: str |
     panels = [
         (f"LR {size // scale}px\n(nearest)", resize(lr, (size, size), Image.NEAREST)),
         ("bicubic x" + str(scale), bicubic),
+        ("landmarks (478)\ndetected on LR", draw_landmarks(bicubic, result.faces[0].landmarks, scale)),
         (label, result.image),
         (f"original {size}px", hr),
     ]

@@ -114,7 +114,10 @@ def resolve_model(model: torch.nn.Module | str | None, scale: int, device: torch
         warnings.warn(
             f"no trained weights ship for {name!r} yet: faces are upscaled by an UNTRAINED network "
             f"(random weights) and will not look right", UntrainedModelWarning, stacklevel=3)
-        net, trained = create_model(name).to(device).eval(), False
+        with torch.random.fork_rng(devices=[]):  # same random weights every run, global RNG untouched
+            torch.manual_seed(0)
+            net = create_model(name)
+        net, trained = net.to(device).eval(), False
     net.name, net.trained = name, trained  # type: ignore[attr-defined]
     return net, name, trained
 

@@ -55,7 +55,7 @@ def test_demo_without_arguments_writes_a_side_by_side(tmp_path):
     out = tmp_path / "affectsr-demo" / "demo_x4.png"
     assert out.is_file() and str(out.name) in r.stdout
     img = Image.open(out)
-    assert img.width == 4 * 128 and img.height > 128  # four 128 px panels plus a label strip
+    assert img.width == 5 * 128 and img.height > 128  # five 128 px panels plus a label strip
     assert "landmarks found on the LR face: yes" in r.stdout
 
 
