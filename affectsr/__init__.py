@@ -16,7 +16,7 @@ except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.1.0"
 
 
-def upscale(image, scale: int = 4, model=None, aligned: bool = False, **kwargs):
+def upscale(image, scale: int | None = None, model=None, aligned: bool = False, **kwargs):
     """Super-resolve the faces in ``image`` (path, PIL image or numpy array); see :func:`affectsr.pipeline.upscale`."""
     from .pipeline import upscale as _upscale  # lazy: keeps `import affectsr` light (no mediapipe)
 

@@ -120,7 +120,7 @@ def cmd_upscale(args: argparse.Namespace) -> int:
         print(f"warning: {w.message}", file=sys.stderr)
     failed = len(errors)
     n_faces = 0
-    with up, tqdm(todo, desc=f"upscale x{args.scale}", unit="img", disable=args.quiet or None, file=sys.stderr) as bar:
+    with up, tqdm(todo, desc=f"upscale x{up.scale}", unit="img", disable=args.quiet or None, file=sys.stderr) as bar:
         for src, dst in bar:
             try:
                 result = up(src, aligned=args.aligned)
@@ -131,6 +131,9 @@ def cmd_upscale(args: argparse.Namespace) -> int:
             except (ImageReadError, ValueError, OSError) as e:
                 failed += 1
                 tqdm.write(f"error: {src}: {e}" if str(src) not in str(e) else f"error: {e}", file=sys.stderr)
+            except Exception as e:  # noqa: BLE001 - one broken input must not stop a folder run
+                failed += 1
+                tqdm.write(f"error: {src}: unexpected {type(e).__name__}: {e}", file=sys.stderr)
             bar.set_postfix(faces=n_faces, failed=failed)
     done = len(todo) - (failed - len(errors))
     print(f"{done} image(s) written to {out_dir} ({n_faces} face(s)), {failed} failed", file=sys.stderr)
@@ -158,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="upscale the bundled face and write a side-by-side PNG (no arguments needed)")
     d.add_argument("--out", default="affectsr-demo", help="output folder (default: ./affectsr-demo)")
-    d.add_argument("--scale", type=int, choices=(4, 8), default=4)
+    d.add_argument("--scale", type=int, choices=(4, 8), default=None, help="4 or 8 (default: the model's, else 4)")
     d.add_argument("--model", default=None, help="preset name or .safetensors path (default: affectsr-x<scale>)")
     d.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     d.set_defaults(func=cmd_demo)
@@ -166,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     u = sub.add_parser("upscale", help="upscale the faces in images or folders of images")
     u.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders (searched recursively)")
     u.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder")
-    u.add_argument("--scale", type=int, choices=(4, 8), default=4)
+    u.add_argument("--scale", type=int, choices=(4, 8), default=None, help="4 or 8 (default: the model's, else 4)")
     u.add_argument("--model", default=None, help="preset name or .safetensors path (default: affectsr-x<scale>)")
     u.add_argument("--aligned", action="store_true", help="inputs are face crops: no detection, no paste-back")
     u.add_argument("--overwrite", action="store_true", help="replace existing output files")

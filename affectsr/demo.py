@@ -46,12 +46,16 @@ def draw_landmarks(rgb: np.ndarray, landmarks: np.ndarray | None, scale: float) 
     return np.asarray(img)
 
 
-def run_demo(out_dir: str | Path = "affectsr-demo", scale: int = 4, model: str | None = None,
+def run_demo(out_dir: str | Path = "affectsr-demo", scale: int | None = None, model: str | None = None,
              size: int = 128, device: str | None = None) -> tuple[Path, dict]:
-    """Make the demo picture; returns its path and a small report (model, trained, PSNRs)."""
+    """Make the demo picture; returns its path and a small report (model, trained, PSNRs).
+
+    ``scale=None``: the model's scale, or 4 when no model is named.
+    """
     hr = default_face(size)
-    lr = resize(hr, (size // scale, size // scale))
     with Upscaler(scale, model, device) as up:
+        scale = up.scale
+        lr = resize(hr, (size // scale, size // scale))
         result = up(lr, aligned=True)
     bicubic = resize(lr, (size, size))
     label = result.model_name + ("" if result.trained else "\n(untrained: random weights)")

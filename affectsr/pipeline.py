@@ -125,10 +125,12 @@ def resolve_model(model: torch.nn.Module | str | None, scale: int, device: torch
 class Upscaler:
     """Holds one model and one landmark detector, for upscaling many images."""
 
-    def __init__(self, scale: int = 4, model: torch.nn.Module | str | None = None, device: str | None = None,
+    def __init__(self, scale: int | None = None, model: torch.nn.Module | str | None = None, device: str | None = None,
                  margin: float = 0.6, detector: LandmarkDetector | None = None):
+        """``scale=None`` takes the model's scale (4 when no model is named either)."""
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model, self.model_name, self.trained = resolve_model(model, scale, self.device)
+        self.model, self.model_name, self.trained = resolve_model(model, scale or 4, self.device)
+        scale = scale or self.model.scale
         if self.model.scale != scale:
             raise ValueError(f"model {self.model_name!r} upscales x{self.model.scale}, but scale={scale} was asked")
         self.scale, self.margin = scale, margin
@@ -157,6 +159,23 @@ class Upscaler:
         src = read_image(image) if isinstance(image, (str, Path)) else to_rgb_uint8(image)
         return self.upscale_loaded(src, aligned)
 
+    def upscale_face(self, crop: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """One face crop -> (SR at exactly ``scale`` x its size, landmarks normalised to the crop or None).
+
+        Crops larger than ``MAX_FACE_SIDE`` are super-resolved at that side and the result is
+        resized, which bounds CPU time and memory for big faces and big aligned inputs.
+        """
+        h, w = crop.shape[:2]
+        s = self.scale
+        f = min(1.0, MAX_FACE_SIDE / max(h, w))
+        work = crop if f == 1.0 else resize(crop, (max(1, round(w * f)), max(1, round(h * f))))
+        lms, found = self.detector.detect_landmarks([work])
+        lm = lms[0] if found[0] else None
+        sr = self.super_resolve(work, lm)
+        if sr.shape[:2] != (h * s, w * s):
+            sr = resize(sr, (w * s, h * s))
+        return sr, lm
+
     def upscale_loaded(self, src: LoadedImage, aligned: bool = False) -> UpscaleResult:
         rgb, s = src.rgb, self.scale
         h, w = rgb.shape[:2]
@@ -166,11 +185,9 @@ class Upscaler:
         alpha = resize(src.alpha, (w * s, h * s)) if src.alpha is not None else None
         notes: list[str] = []
         if aligned:
-            lms, found = self.detector.detect_landmarks([rgb])
-            lm = lms[0] if found[0] else None
+            out, lm = self.upscale_face(rgb)
             if lm is None:
                 notes.append("no landmarks found on the aligned face: upscaled without the landmark prior")
-            out = self.super_resolve(rgb, lm)
             face = FaceResult((0, 0, w, h), None, None if lm is None else lm * [w, h, 1])
             return UpscaleResult(out, [face], s, self.model_name, self.trained, alpha, notes)
 
@@ -182,24 +199,18 @@ class Upscaler:
         for fb in boxes:
             x0, y0, x1, y1 = fb.square(self.margin)
             side = x1 - x0
-            crop = crop_padded(rgb, (x0, y0, x1, y1))
-            work = crop if side <= MAX_FACE_SIDE else resize(crop, (MAX_FACE_SIDE, MAX_FACE_SIDE))
-            lms, found = self.detector.detect_landmarks([work])
-            lm = lms[0] if found[0] else None
-            sr = self.super_resolve(work, lm)
-            if sr.shape[0] != side * s:
-                sr = resize(sr, (side * s, side * s))
+            sr, lm = self.upscale_face(crop_padded(rgb, (x0, y0, x1, y1)))
             paste(out, sr, x0 * s, y0 * s, feather_mask(side * s, side * s))
             faces.append(FaceResult((x0, y0, x1, y1), fb, None if lm is None else lm * [side, side, 1] + [x0, y0, 0]))
         return UpscaleResult(out, faces, s, self.model_name, self.trained, alpha, notes)
 
 
-def upscale(image, scale: int = 4, model: torch.nn.Module | str | None = None, aligned: bool = False,
+def upscale(image, scale: int | None = None, model: torch.nn.Module | str | None = None, aligned: bool = False,
             device: str | None = None, margin: float = 0.6) -> UpscaleResult:
     """Super-resolve every face in ``image`` (a path, PIL image or numpy array) and paste it back.
 
     ``model``: a preset name, a ``.safetensors`` path, an ``nn.Module`` (e.g. AffectSRNet), or None for the
-    default preset of ``scale``. ``aligned=True``: the image is one face crop (no detection, no
+    default preset of ``scale`` (x4 when neither is given; a named model sets the scale). ``aligned=True``: the image is one face crop (no detection, no
     paste-back). The result carries the upscaled image and per-face boxes and landmarks.
     """
     with Upscaler(scale, model, device, margin) as up:

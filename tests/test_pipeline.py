@@ -152,3 +152,20 @@ def test_crop_padded_and_feather():
     m = feather_mask(40, 60)
     assert m.shape == (40, 60) and m.max() == 1.0 and m[20, 30] == 1.0
     assert m[0, 0] < 0.05 and (m >= 0).all() and np.allclose(m, m[::-1, ::-1])
+
+
+def test_scale_follows_the_named_model(landmark_detector, monkeypatch, tmp_path):
+    monkeypatch.setattr("affectsr.models.presets.WEIGHTS_DIR", tmp_path)
+    with pytest.warns(UntrainedModelWarning):
+        up = Upscaler(None, "affectsr-x8-lite", device="cpu", detector=landmark_detector)
+    assert up.scale == 8
+
+
+def test_big_aligned_input_is_bounded(upscaler, monkeypatch, default_face):
+    """A crop over MAX_FACE_SIDE runs at that side and is resized, so memory stays bounded."""
+    monkeypatch.setattr(pipeline, "MAX_FACE_SIDE", 40)
+    seen = []
+    original = upscaler.super_resolve
+    monkeypatch.setattr(upscaler, "super_resolve", lambda crop, lm: seen.append(crop.shape) or original(crop, lm))
+    res = upscaler(resize(default_face, (100, 60)), aligned=True)
+    assert seen == [(24, 40, 3)] and res.image.shape == (240, 400, 3)
