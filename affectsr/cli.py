@@ -1,4 +1,4 @@
-"""Command line: ``affectsr demo | upscale | models`` (``affectsr --help``)."""
+"""Command line: ``affectsr demo | upscale | models | bench | emotion | study-resolution`` (``affectsr --help``)."""
 from __future__ import annotations
 
 import argparse
@@ -189,6 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--min-time", type=float, default=2.0, help="seconds of timing per measurement (default 2)")
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench)
+
+    from .emotion.commands import add_parsers as add_emotion_parsers
+
+    add_emotion_parsers(sub)  # emotion, study-resolution
     return p
 
 

