@@ -1,4 +1,4 @@
-"""Command line: ``affectsr demo | upscale | models | bench | emotion | study-resolution`` (``affectsr --help``)."""
+"""Command line: ``affectsr demo | upscale | models | bench | emotion | study-resolution | prepare | train`` (``affectsr --help``)."""
 from __future__ import annotations
 
 import argparse
@@ -112,7 +112,7 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UntrainedModelWarning)
         try:
-            up = Upscaler(args.scale, args.model, args.device, margin=args.margin)
+            up = Upscaler(args.scale, args.model, args.device, margin=args.margin, landmarks=args.landmarks)
         except (ValueError, FileNotFoundError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
@@ -175,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--overwrite", action="store_true", help="replace existing output files")
     u.add_argument("--ext", default=None, help="output format, e.g. png (default: keep the input's)")
     u.add_argument("--margin", type=float, default=0.6, help="face crop margin around the detected box (default 0.6)")
+    u.add_argument("--landmarks", choices=("auto", "detect", "predict"), default="auto",
+                   help="landmark route for the prior: MediaPipe (detect), the learned LR predictor (predict), "
+                        "or detect then predict (auto, default)")
     u.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     u.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     u.set_defaults(func=cmd_upscale)
@@ -193,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .emotion.commands import add_parsers as add_emotion_parsers
 
     add_emotion_parsers(sub)  # emotion, study-resolution
+    from .data.commands import add_parsers as add_data_parsers
+
+    add_data_parsers(sub)  # prepare, train
     return p
 
 

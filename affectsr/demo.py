@@ -62,7 +62,7 @@ def run_demo(out_dir: str | Path = "affectsr-demo", scale: int | None = None, mo
     panels = [
         (f"LR {size // scale}px\n(nearest)", resize(lr, (size, size), Image.NEAREST)),
         ("bicubic x" + str(scale), bicubic),
-        ("landmarks (478)\ndetected on LR", draw_landmarks(bicubic, result.faces[0].landmarks, scale)),
+        ("landmarks (478)\nthe prior sees", draw_landmarks(bicubic, result.faces[0].landmarks, scale)),
         (label, result.image),
         (f"original {size}px", hr),
     ]

@@ -18,9 +18,12 @@ from PIL import Image
 
 from .images import LoadedImage, read_image, resize, save_image, to_rgb_uint8
 from .landmarks import FaceBox, LandmarkDetector
-from .models import DEFAULT_MODEL, WeightsNotFoundError, create_model, load_model
+from .landmarks.predictor import default_predictor_path, get_landmarks, load_predictor
+from .models import WeightsNotFoundError, create_model, load_model
+from .models.presets import default_model
 
 MAX_OUTPUT_PIXELS = 200_000_000  # ~600 MB of RGB: refuse rather than exhaust memory
+SR_PAD = 2  # LR pixels of replicate padding around each face crop before super-resolution
 MAX_FACE_SIDE = 256  # larger LR face crops are processed at this side, then resized (CPU time)
 
 
@@ -103,7 +106,7 @@ def resolve_model(model: torch.nn.Module | str | None, scale: int, device: torch
     """
     if isinstance(model, torch.nn.Module):
         return model.to(device).eval(), getattr(model, "name", "custom"), getattr(model, "trained", True)
-    name = model or DEFAULT_MODEL.get(scale)
+    name = model or default_model(scale)
     if name is None:
         raise ValueError(f"scale must be 4 or 8 for the default models, got {scale}")
     try:
@@ -126,8 +129,12 @@ class Upscaler:
     """Holds one model and one landmark detector, for upscaling many images."""
 
     def __init__(self, scale: int | None = None, model: torch.nn.Module | str | None = None, device: str | None = None,
-                 margin: float = 0.6, detector: LandmarkDetector | None = None):
-        """``scale=None`` takes the model's scale (4 when no model is named either)."""
+                 margin: float = 0.6, detector: LandmarkDetector | None = None, landmarks: str = "auto"):
+        """``scale=None`` takes the model's scale (4 when no model is named either).
+
+        ``landmarks``: 'detect' (MediaPipe on the LR crop), 'predict' (the learned LR landmark
+        predictor shipped for the scale), 'auto' (detect, else predict; 'detect' when no predictor ships).
+        """
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model, self.model_name, self.trained = resolve_model(model, scale or 4, self.device)
         scale = scale or self.model.scale
@@ -135,6 +142,13 @@ class Upscaler:
             raise ValueError(f"model {self.model_name!r} upscales x{self.model.scale}, but scale={scale} was asked")
         self.scale, self.margin = scale, margin
         self.detector = detector or LandmarkDetector()
+        if landmarks not in ("detect", "predict", "auto"):
+            raise ValueError(f"landmarks must be detect, predict or auto, got {landmarks!r}")
+        path = default_predictor_path(scale) if landmarks != "detect" else None
+        if landmarks == "predict" and path is None:
+            raise ValueError(f"no landmark predictor ships for x{scale}; use landmarks='detect'")
+        self.predictor = load_predictor(path, self.device) if path is not None else None
+        self.landmarks = landmarks if path is not None else "detect"
 
     def close(self) -> None:
         self.detector.close()
@@ -148,11 +162,16 @@ class Upscaler:
     @torch.no_grad()
     def super_resolve(self, crop: np.ndarray, landmarks: np.ndarray | None) -> np.ndarray:
         """One RGB uint8 crop (h x w x 3) -> (h*s) x (w*s) x 3 uint8, with landmarks normalised to the crop."""
+        h, w = crop.shape[:2]
+        pad, s = SR_PAD, self.scale  # replicate-pad the LR crop: the -lite models are weak at the very border
         x = torch.from_numpy(crop).to(self.device).permute(2, 0, 1)[None].float() / 255.0
+        x = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode="replicate")
         lm = None
         if landmarks is not None:
-            lm = torch.from_numpy(landmarks[None]).to(self.device).float()
-        y = self.model(x, lm).clamp_(0, 1)
+            lm = torch.from_numpy(landmarks[None]).to(self.device).float().clone()
+            lm[..., 0] = (lm[..., 0] * w + pad) / (w + 2 * pad)
+            lm[..., 1] = (lm[..., 1] * h + pad) / (h + 2 * pad)
+        y = self.model(x, lm).clamp_(0, 1)[..., pad * s:(pad + h) * s, pad * s:(pad + w) * s]
         return (y[0].permute(1, 2, 0) * 255.0 + 0.5).byte().cpu().numpy()
 
     def __call__(self, image, aligned: bool = False) -> UpscaleResult:
@@ -169,8 +188,7 @@ class Upscaler:
         s = self.scale
         f = min(1.0, MAX_FACE_SIDE / max(h, w))
         work = crop if f == 1.0 else resize(crop, (max(1, round(w * f)), max(1, round(h * f))))
-        lms, found = self.detector.detect_landmarks([work])
-        lm = lms[0] if found[0] else None
+        lm, _route = get_landmarks(work, self.landmarks, self.detector, self.predictor)
         sr = self.super_resolve(work, lm)
         if sr.shape[:2] != (h * s, w * s):
             sr = resize(sr, (w * s, h * s))

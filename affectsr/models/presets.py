@@ -34,6 +34,15 @@ PRESETS: dict[str, tuple[ModelConfig, str]] = {
 DEFAULT_MODEL = {4: "affectsr-x4", 8: "affectsr-x8"}
 
 
+def default_model(scale: int) -> str | None:
+    """The preset `upscale` and `demo` use for ``scale``: the full preset once its weights ship,
+    else the trained -lite one, else the (untrained) full preset."""
+    for name in (f"affectsr-x{scale}", f"affectsr-x{scale}-lite"):
+        if name in PRESETS and weights_path(name) is not None:
+            return name
+    return DEFAULT_MODEL.get(scale)
+
+
 class WeightsNotFoundError(FileNotFoundError):
     """A preset has no trained weights shipped (or a weights path does not exist)."""
 

@@ -1,0 +1,111 @@
+"""Training: exact resume, DDP on gloo (2 CPU processes), evaluation, metrics and the CLI."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as tmp_mp
+from safetensors.torch import load_file
+
+from affectsr.train import TrainConfig, evaluate, parse_overrides, psnr_y, ssim_y, train
+
+
+def _cfg(cache: Path, out: Path, **kw) -> TrainConfig:
+    base = dict(model="affectsr-x4-lite", data=(str(cache),), out=str(out), steps=4, batch_size=2, lr=1e-3, warmup=1,
+                landmarks="hr", val_every=2, val_max=2, log_every=1, ckpt_every=100, threads=1, seed=3, lambda_emo=0.1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _weights(run: Path) -> dict:
+    return load_file(str(run / "ema.safetensors"))
+
+
+def test_exact_resume(tiny_cache, tmp_path):
+    straight = train(_cfg(tiny_cache, tmp_path / "a"), log=lambda *_: None)
+    assert straight["step"] == 4
+    first = train(_cfg(tiny_cache, tmp_path / "b", stop_after=2), log=lambda *_: None)
+    assert first["step"] == 2
+    msgs = []
+    second = train(_cfg(tiny_cache, tmp_path / "b"), log=msgs.append)
+    assert second["step"] == 4 and any("resumed" in m for m in msgs)
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    sa = torch.load(tmp_path / "a" / "last.pt", weights_only=False)
+    sb = torch.load(tmp_path / "b" / "last.pt", weights_only=False)
+    for k in sa["model"]:
+        assert torch.equal(sa["model"][k], sb["model"][k]), k
+    log = (tmp_path / "b" / "log.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in log[1:]] == ["1", "2", "3", "4"]  # no duplicated rows after resume
+    assert (tmp_path / "b" / "curves.png").is_file()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world: int, port: int, cfg: TrainConfig) -> None:
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        train(cfg, rank=rank, world_size=world, log=lambda *_: None)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_gloo_matches_single_process(tiny_cache, tmp_path):
+    kw = dict(steps=3, batch_size=4, val_every=0, ema_decay=0.0, lambda_emo=0.0)
+    single = _cfg(tiny_cache, tmp_path / "single", **kw)
+    train(single, log=lambda *_: None)
+    ddp = dataclasses.replace(single, out=str(tmp_path / "ddp"))
+    tmp_mp.spawn(_ddp_worker, args=(2, _free_port(), ddp), nprocs=2, join=True)
+    a = torch.load(tmp_path / "single" / "last.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "ddp" / "last.pt", weights_only=False)["model"]
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4), k
+
+
+def test_evaluate_reports_model_and_bicubic(tiny_cache, tmp_path):
+    train(_cfg(tiny_cache, tmp_path / "e", steps=1, val_every=0), log=lambda *_: None)
+    r = evaluate(str(tmp_path / "e" / "ema.safetensors"), [str(tiny_cache)], split="val", landmarks="hr")
+    assert r["images"] == 2 and r["scale"] == 4
+    for k in ("model", "bicubic"):
+        assert set(r[k]) == {"psnr", "ssim", "ecm", "agreement", "kl"}
+        assert np.isfinite(r[k]["psnr"])
+
+
+def test_metrics():
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.all(ssim_y(x, x, 4) > 0.999)
+    y = (x + 4 / 255).clamp(0, 1)
+    p = psnr_y(x, y, 0)
+    assert torch.all(p > 30) and torch.all(p < 60)
+    assert torch.all(psnr_y(x, x, 4) > 90)
+
+
+def test_overrides_and_cli(tiny_cache, tmp_path):
+    cfg = parse_overrides(TrainConfig(), ["steps=7", "data=a,b", "amp=false", "lr=1e-3", "betas=0.8,0.9"])
+    assert cfg.steps == 7 and cfg.data == ("a", "b") and cfg.amp is False and cfg.lr == 1e-3 and cfg.betas == (0.8, 0.9)
+    with pytest.raises(ValueError):
+        parse_overrides(TrainConfig(), ["nope=1"])
+    from affectsr.data.commands import add_parsers
+
+    p = argparse.ArgumentParser()
+    add_parsers(p.add_subparsers(dest="command"))
+    args = p.parse_args(["train", f"data={tiny_cache}", f"out={tmp_path / 'c'}", "steps=1", "batch_size=2",
+                         "val_every=0", "threads=1", "landmarks=detect"])
+    assert args.func(args) == 0
+    assert (tmp_path / "c" / "ema.safetensors").is_file()
+    assert p.parse_args(["train", "bogus=1"]).func(p.parse_args(["train", "bogus=1"])) == 2
