@@ -5,6 +5,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -37,14 +38,36 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
+    if (err := _device_error(args.device)) is not None:
+        print(err, file=sys.stderr)
+        return 2
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the demo states untrained weights in its own words
-        path, rep = run_demo(args.out, args.scale, args.model, device=args.device)
+        try:
+            path, rep = run_demo(args.out, args.scale, args.model, device=args.device)
+        except (ValueError, FileNotFoundError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     print(f"wrote {path}")
     print(f"model: {rep['model']} ({'trained' if rep['trained'] else 'UNTRAINED: random weights, see `affectsr models`'})")
     print(f"landmarks found on the LR face: {'yes' if rep['landmarks_found'] else 'no'}")
     print(f"RGB PSNR vs original: bicubic {rep['psnr_bicubic']:.2f} dB, {rep['model']} {rep['psnr_affectsr']:.2f} dB")
     return 0
+
+
+def _device_error(device: str | None) -> str | None:
+    """A one-line error for a --device this machine cannot use, else None."""
+    if device is None:
+        return None
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        return f"error: --device {device}: not a device (use cpu or cuda)"
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        return f"error: --device {device}: CUDA is not available on this machine"
+    return None
 
 
 def _output_path(src: Path, root: Path | None, out_dir: Path, ext: str | None) -> Path:
@@ -64,11 +87,15 @@ def plan_outputs(inputs: list[str], out_dir: Path, ext: str | None) -> tuple[lis
             errors.append(f"{item}: no such file or folder")
             continue
         files = iter_image_files([p])
+        if p.is_dir() and out_dir.resolve() != p.resolve():  # -o inside an input folder: outputs are not inputs
+            files = [f for f in files if not f.resolve().is_relative_to(out_dir.resolve())]
         if p.is_dir() and not files:
             errors.append(f"{item}: folder holds no images")
         for f in files:
             dst = _output_path(f, p if p.is_dir() else None, out_dir, ext)
             key = dst.resolve()
+            if key in seen and seen[key].resolve() == f.resolve():
+                continue  # the same file named twice (e.g. a folder and a file inside it)
             if key in seen:
                 errors.append(f"{f}: would write the same output as {seen[key]} ({dst}); upscale them separately")
                 continue
@@ -94,6 +121,15 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     ext = ("." + args.ext.lower().lstrip(".")) if args.ext else None
     if ext and ext not in WRITABLE_SUFFIXES:
         print(f"error: --ext {args.ext}: not one of {sorted(WRITABLE_SUFFIXES)}", file=sys.stderr)
+        return 2
+    if (err := _device_error(args.device)) is not None:
+        print(err, file=sys.stderr)
+        return 2
+    try:  # fail before loading anything if the output folder cannot be written
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=out_dir).close()
+    except OSError as e:
+        print(f"error: -o {out_dir}: cannot write there ({e.strerror or e})", file=sys.stderr)
         return 2
     pairs, errors = plan_outputs(args.inputs, out_dir, ext)
     for e in errors:
@@ -130,7 +166,8 @@ def cmd_upscale(args: argparse.Namespace) -> int:
                     tqdm.write(f"note: {src}: {note}", file=sys.stderr)
             except (ImageReadError, ValueError, OSError) as e:
                 failed += 1
-                tqdm.write(f"error: {src}: {e}" if str(src) not in str(e) else f"error: {e}", file=sys.stderr)
+                msg = str(e) if isinstance(e, ImageReadError) and str(e).startswith(str(src)) else f"{src}: {e}"
+                tqdm.write(f"error: {msg}", file=sys.stderr)
             except Exception as e:  # noqa: BLE001 - one broken input must not stop a folder run
                 failed += 1
                 tqdm.write(f"error: {src}: unexpected {type(e).__name__}: {e}", file=sys.stderr)
@@ -144,7 +181,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import machine, rows_to_dicts, run_bench, to_markdown
 
     names = args.models.split(",") if args.models else None
-    batches = [int(b) for b in args.batch.split(",")]
+    try:
+        batches = [int(b) for b in args.batch.split(",")]
+    except ValueError:
+        print(f"error: --batch {args.batch}: expected comma-separated integers, e.g. 1,8", file=sys.stderr)
+        return 2
+    if (err := _device_error(args.device)) is not None:
+        print(err, file=sys.stderr)
+        return 2
     try:
         rows = run_bench(names, batches, args.device, args.min_time)
     except ValueError as e:

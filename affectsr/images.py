@@ -91,6 +91,9 @@ def _channel_to_uint8(values: np.ndarray) -> np.ndarray:
         return ((values.astype(np.uint32) + 128) // 257).astype(np.uint8)
     if kind == "f":
         clean = np.nan_to_num(values.astype(np.float32), nan=0.0, posinf=1.0, neginf=0.0)
+        if clean.size and clean.max() > 1.5:  # 0..255 floats would silently turn white; mild overshoot is clipped
+            raise ImageReadError(f"float images must be in [0, 1]; got values up to {clean.max():.4g} "
+                                 f"(divide by 255, or pass uint8)")
         return np.rint(np.clip(clean, 0.0, 1.0) * 255.0).astype(np.uint8)
     raise ImageReadError(
         f"unsupported pixel dtype {values.dtype}; expected uint8, uint16, bool or float in [0, 1]"

@@ -19,12 +19,13 @@ from PIL import Image
 from .images import LoadedImage, read_image, resize, save_image, to_rgb_uint8
 from .landmarks import FaceBox, LandmarkDetector
 from .landmarks.predictor import default_predictor_path, get_landmarks, load_predictor
-from .models import WeightsNotFoundError, create_model, load_model
+from .models import PRESETS, WeightsNotFoundError, create_model, load_model
 from .models.presets import default_model
 
 MAX_OUTPUT_PIXELS = 200_000_000  # ~600 MB of RGB: refuse rather than exhaust memory
 SR_PAD = 2  # LR pixels of replicate padding around each face crop before super-resolution
-MAX_FACE_SIDE = 256  # larger LR face crops are processed at this side, then resized (CPU time)
+MAX_SR_SIDE = 1024  # faces whose SR output would be larger stay bicubic: they need no hallucinated
+# detail, and a 4096 px face would cost GBs of activations (the cap is on the output, so x8 gets 128 px inputs)
 
 
 class UntrainedModelWarning(UserWarning):
@@ -112,7 +113,7 @@ def resolve_model(model: torch.nn.Module | str | None, scale: int, device: torch
     try:
         net, trained = load_model(name, pretrained=True, device=device), True
     except WeightsNotFoundError:
-        if model is not None and not name.startswith(("affectsr-", "rrdb-")):
+        if name not in PRESETS:  # a path that does not exist: say so, do not fall back
             raise
         warnings.warn(
             f"no trained weights ship for {name!r} yet: faces are upscaled by an UNTRAINED network "
@@ -178,21 +179,15 @@ class Upscaler:
         src = read_image(image) if isinstance(image, (str, Path)) else to_rgb_uint8(image)
         return self.upscale_loaded(src, aligned)
 
-    def upscale_face(self, crop: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """One face crop -> (SR at exactly ``scale`` x its size, landmarks normalised to the crop or None).
+    @property
+    def max_face_side(self) -> int:
+        """Largest LR face side that is super-resolved (``MAX_SR_SIDE / scale``)."""
+        return MAX_SR_SIDE // self.scale
 
-        Crops larger than ``MAX_FACE_SIDE`` are super-resolved at that side and the result is
-        resized, which bounds CPU time and memory for big faces and big aligned inputs.
-        """
-        h, w = crop.shape[:2]
-        s = self.scale
-        f = min(1.0, MAX_FACE_SIDE / max(h, w))
-        work = crop if f == 1.0 else resize(crop, (max(1, round(w * f)), max(1, round(h * f))))
-        lm, _route = get_landmarks(work, self.landmarks, self.detector, self.predictor)
-        sr = self.super_resolve(work, lm)
-        if sr.shape[:2] != (h * s, w * s):
-            sr = resize(sr, (w * s, h * s))
-        return sr, lm
+    def upscale_face(self, crop: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """One face crop -> (SR at exactly ``scale`` x its size, landmarks normalised to the crop or None)."""
+        lm, _route = get_landmarks(crop, self.landmarks, self.detector, self.predictor)
+        return self.super_resolve(crop, lm), lm
 
     def upscale_loaded(self, src: LoadedImage, aligned: bool = False) -> UpscaleResult:
         rgb, s = src.rgb, self.scale
@@ -203,6 +198,10 @@ class Upscaler:
         alpha = resize(src.alpha, (w * s, h * s)) if src.alpha is not None else None
         notes: list[str] = []
         if aligned:
+            if max(h, w) > self.max_face_side:
+                notes.append(f"the face is {max(h, w)} px, over {self.max_face_side} px at x{s}: upscaled bicubically")
+                return UpscaleResult(resize(rgb, (w * s, h * s)), [FaceResult((0, 0, w, h), None, None)], s,
+                                     self.model_name, self.trained, alpha, notes)
             out, lm = self.upscale_face(rgb)
             if lm is None:
                 notes.append("no landmarks found on the aligned face: upscaled without the landmark prior")
@@ -217,6 +216,10 @@ class Upscaler:
         for fb in boxes:
             x0, y0, x1, y1 = fb.square(self.margin)
             side = x1 - x0
+            if side > self.max_face_side:
+                notes.append(f"face at ({x0}, {y0}) is {side} px, over {self.max_face_side} px at x{s}: kept bicubic")
+                faces.append(FaceResult((x0, y0, x1, y1), fb, None))
+                continue
             sr, lm = self.upscale_face(crop_padded(rgb, (x0, y0, x1, y1)))
             paste(out, sr, x0 * s, y0 * s, feather_mask(side * s, side * s))
             faces.append(FaceResult((x0, y0, x1, y1), fb, None if lm is None else lm * [side, side, 1] + [x0, y0, 0]))

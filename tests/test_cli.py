@@ -108,3 +108,22 @@ def test_upscale_aligned_x8(tmp_path, default_face):
             "--model", "affectsr-x8-lite", "-q")
     assert r.returncode == 0, r.stderr
     assert Image.open(tmp_path / "o" / "face16.png").size == (128, 128)
+
+
+def test_output_folder_inside_input_folder_and_clear_option_errors(tmp_path, default_face):
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(default_face).resize((64, 64)).save(src / "a.png")
+    out = src / "out"
+    assert run("upscale", str(src), "-o", str(out), "-q", *FAST).returncode == 0
+    r = run("upscale", str(src), str(src / "a.png"), "-o", str(out), "-q", "--overwrite", *FAST)
+    assert r.returncode == 0, r.stderr  # its own outputs are not re-read; a file named twice is fine
+    assert not (out / "out").exists()
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    for args in (["-o", str(blocker)], ["-o", str(tmp_path / "o"), "--device", "nonsense"],
+                 ["-o", str(tmp_path / "o"), "--model", str(tmp_path / "missing.safetensors")]):
+        r = run("upscale", str(src / "a.png"), *args)
+        assert r.returncode != 0 and r.stderr.startswith("error:") and "Traceback" not in r.stderr, r.stderr
+    r = run("demo", "--model", "nope", "--out", str(tmp_path / "d"))
+    assert r.returncode == 2 and "error:" in r.stderr and "Traceback" not in r.stderr

@@ -157,7 +157,7 @@ def test_palette_transparency_becomes_alpha() -> None:
         (np.array([[[0], [128], [255]]], dtype=np.uint8), [0, 128, 255]),
         (np.array([[0, 128, 129, 257, 65535]], dtype=np.uint16), [0, 0, 1, 1, 255]),
         (np.array([[False, True]]), [0, 255]),
-        (np.array([[-0.5, 0.0, 0.5, 1.0, 2.0, np.nan]], dtype=np.float64), [0, 0, 128, 255, 255, 0]),
+        (np.array([[-0.5, 0.0, 0.5, 1.0, 1.2, np.nan]], dtype=np.float64), [0, 0, 128, 255, 255, 0]),
         (np.array([[0.0, 1.0]], dtype=np.float32), [0, 255]),
     ],
 )
@@ -296,3 +296,9 @@ def test_iter_image_files_empty_and_missing(bad_files: dict[str, Path], tmp_path
     assert iter_image_files([]) == []
     with pytest.raises(FileNotFoundError, match="missing_folder"):
         iter_image_files([tmp_path / "missing_folder"])
+
+
+def test_float_arrays_in_0_255_are_refused() -> None:
+    """A 0..255 float image would otherwise come out white: refuse it with the fix in the message."""
+    with pytest.raises(ImageReadError, match="divide by 255"):
+        to_rgb_uint8(np.full((4, 4, 3), 200.0, dtype=np.float32))

@@ -161,11 +161,21 @@ def test_scale_follows_the_named_model(landmark_detector, monkeypatch, tmp_path)
     assert up.scale == 8
 
 
-def test_big_aligned_input_is_bounded(upscaler, monkeypatch, default_face):
-    """A crop over MAX_FACE_SIDE runs at that side and is resized, so memory stays bounded."""
-    monkeypatch.setattr(pipeline, "MAX_FACE_SIDE", 40)
-    seen = []
-    original = upscaler.super_resolve
-    monkeypatch.setattr(upscaler, "super_resolve", lambda crop, lm: seen.append(crop.shape) or original(crop, lm))
-    res = upscaler(resize(default_face, (100, 60)), aligned=True)
-    assert seen == [(24, 40, 3)] and res.image.shape == (240, 400, 3)
+def test_big_faces_stay_bicubic(upscaler, monkeypatch, default_face, two_face_image):
+    """Faces whose SR output would exceed MAX_SR_SIDE are not run through the network (memory, detail)."""
+    monkeypatch.setattr(pipeline, "MAX_SR_SIDE", 160)  # x4: faces over 40 px stay bicubic
+    calls = []
+    monkeypatch.setattr(upscaler, "super_resolve", lambda crop, lm: calls.append(crop.shape))
+    big = resize(default_face, (100, 60))
+    res = upscaler(big, aligned=True)
+    assert calls == [] and res.image.shape == (240, 400, 3)
+    np.testing.assert_array_equal(res.image, resize(big, (400, 240)))
+    assert any("bicubic" in n for n in res.notes)
+    res = upscaler(two_face_image)
+    assert calls == [] and len(res.faces) == 2 and all(f.landmarks is None for f in res.faces)
+    np.testing.assert_array_equal(res.image, resize(two_face_image, (1600, 880)))
+
+
+def test_float_images_out_of_range_are_refused(upscaler, default_face):
+    with pytest.raises(ImageReadError, match=r"\[0, 1\]"):
+        upscaler(default_face.astype(np.float32))

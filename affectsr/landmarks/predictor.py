@@ -159,7 +159,8 @@ def get_landmarks(crop: np.ndarray, mode: str = "auto", detector=None, predictor
         if found[0]:
             return lms[0], "detect"
     if mode in ("predict", "auto") and predictor is not None:
-        return predict_array(predictor, np.asarray(crop)[None])[0], "predict"
+        device = next(predictor.parameters()).device  # stay where the caller put it
+        return predict_array(predictor, np.asarray(crop)[None], device=device)[0], "predict"
     return None, "none"
 
 
