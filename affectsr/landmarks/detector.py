@@ -18,7 +18,6 @@ from types import TracebackType
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from affectsr.images import ImageReadError, resize, to_rgb_uint8
 

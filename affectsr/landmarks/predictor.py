@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -87,22 +85,14 @@ class LandmarkPredictor(nn.Module):
 
 
 def save_predictor(model: LandmarkPredictor, path: str | Path, metadata: dict[str, str] | None = None) -> Path:
-    from safetensors.torch import save_file
+    from affectsr.atomic import write_safetensors
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().half().contiguous().cpu() if v.is_floating_point() else v.contiguous().cpu()
                for k, v in model.state_dict().items()}
     meta = {"format": "affectsr-landmarks", "config": json.dumps(model.config.to_dict()), **(metadata or {})}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    write_safetensors(tensors, path, meta)
     return path
 
 

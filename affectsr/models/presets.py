@@ -8,14 +8,14 @@ handing out random weights.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+
+from ..atomic import write_safetensors
 
 from .affectsrnet import AffectSRNet, ModelConfig
 
@@ -89,18 +89,9 @@ def list_models() -> list[ModelInfo]:
 def save_weights(model: AffectSRNet, path: str | Path, half: bool = True, metadata: dict[str, str] | None = None) -> Path:
     """Write weights + config as safetensors, atomically (temp file, then rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: (v.half() if half and v.is_floating_point() else v).contiguous().cpu() for k, v in model.state_dict().items()}
     meta = {"config": json.dumps(model.config.to_dict()), "format": "affectsr", **(metadata or {})}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        os.chmod(tmp, 0o644)  # mkstemp's files are 0600; shipped weights must be world-readable
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    write_safetensors(tensors, path, meta)
     return path
 
 

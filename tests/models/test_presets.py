@@ -123,7 +123,7 @@ def test_save_is_atomic(tmp_path, monkeypatch):
             fh.write(b"partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr(presets, "save_file", broken_save_file)
+    monkeypatch.setattr("safetensors.torch.save_file", broken_save_file)
     with pytest.raises(OSError, match="disk full"):
         save_weights(model, target)
     assert target.read_bytes() == good
