@@ -224,13 +224,19 @@ def _state_for(model: nn.Module) -> dict:
 
 
 def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+    """All RNG states as tensors and plain Python values, so checkpoints load with weights_only=True."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "cached": float(cached)},
+            "python": random.getstate(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
 
 def _set_rng_state(s: dict) -> None:
     torch.set_rng_state(s["torch"])
-    np.random.set_state(s["numpy"])
+    n = s["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
     random.setstate(s["python"])
     if s.get("cuda") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(s["cuda"])
@@ -420,7 +426,7 @@ def train(cfg: TrainConfig, rank: int | None = None, world_size: int | None = No
     step, t_prev = 0, 0.0
     ckpt = out / "last.pt"
     if ckpt.is_file():
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)  # no pickled code, even from our own runs
         if state["config"]["model"] != cfg.model or state["config"]["seed"] != cfg.seed:
             raise ValueError(f"{ckpt} belongs to another run (model/seed differ); use another out=")
         model.load_state_dict(state["model"])

@@ -39,8 +39,8 @@ def test_exact_resume(tiny_cache, tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    sa = torch.load(tmp_path / "a" / "last.pt", weights_only=False)
-    sb = torch.load(tmp_path / "b" / "last.pt", weights_only=False)
+    sa = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
+    sb = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
     for k in sa["model"]:
         assert torch.equal(sa["model"][k], sb["model"][k]), k
     log = (tmp_path / "b" / "log.csv").read_text().splitlines()
@@ -71,8 +71,8 @@ def test_ddp_gloo_matches_single_process(tiny_cache, tmp_path):
     train(single, log=lambda *_: None)
     ddp = dataclasses.replace(single, out=str(tmp_path / "ddp"))
     tmp_mp.spawn(_ddp_worker, args=(2, _free_port(), ddp), nprocs=2, join=True)
-    a = torch.load(tmp_path / "single" / "last.pt", weights_only=False)["model"]
-    b = torch.load(tmp_path / "ddp" / "last.pt", weights_only=False)["model"]
+    a = torch.load(tmp_path / "single" / "last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "ddp" / "last.pt", weights_only=True)["model"]
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4), k
 
