@@ -243,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .data.commands import add_parsers as add_data_parsers
 
     add_data_parsers(sub)  # prepare, train
+    from .evaluate import add_parser as add_evaluate_parser
+
+    add_evaluate_parser(sub)  # evaluate
     return p
 
 

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from affectsr.atomic import atomic_write
+from affectsr.metrics import _quantize, psnr_y, rgb_to_y, ssim_y
 import torch.nn.functional as F
 from torch import nn
 
@@ -75,46 +76,6 @@ class TrainConfig:
 
 
 # --- metrics ---------------------------------------------------------------------------------------
-
-
-def rgb_to_y(x: torch.Tensor) -> torch.Tensor:
-    """B x 3 x H x W RGB in [0, 1] -> B x 1 x H x W luma in [16, 235] (ITU-R BT.601, as BasicSR/MATLAB)."""
-    w = x.new_tensor([65.481, 128.553, 24.966]).view(1, 3, 1, 1)
-    return (x * w).sum(1, keepdim=True) + 16.0
-
-
-def _quantize(x: torch.Tensor) -> torch.Tensor:
-    return (x.clamp(0, 1) * 255.0).round() / 255.0  # metrics on the uint8 images a user would save
-
-
-def psnr_y(sr: torch.Tensor, hr: torch.Tensor, border: int) -> torch.Tensor:
-    """Per-image PSNR (dB) on the Y channel with ``border`` pixels cropped, on uint8-rounded images."""
-    a, b = rgb_to_y(_quantize(sr)), rgb_to_y(_quantize(hr))
-    if border:
-        a, b = a[..., border:-border, border:-border], b[..., border:-border, border:-border]
-    mse = ((a - b) ** 2).flatten(1).mean(1).clamp_min(1e-10)
-    return 10.0 * torch.log10(255.0**2 / mse)
-
-
-def _gauss_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    g = torch.exp(-((torch.arange(size, dtype=torch.float64) - size // 2) ** 2) / (2 * sigma**2))
-    g = g / g.sum()
-    return (g[:, None] * g[None, :]).float()
-
-
-def ssim_y(sr: torch.Tensor, hr: torch.Tensor, border: int) -> torch.Tensor:
-    """Per-image SSIM on Y (0..255), 11x11 Gaussian window sigma 1.5, valid region (BasicSR's calculate_ssim)."""
-    a, b = rgb_to_y(_quantize(sr)).double(), rgb_to_y(_quantize(hr)).double()
-    if border:
-        a, b = a[..., border:-border, border:-border], b[..., border:-border, border:-border]
-    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
-    w = _gauss_window().double()[None, None].to(a.device)
-    mu1, mu2 = F.conv2d(a, w), F.conv2d(b, w)
-    s11 = F.conv2d(a * a, w) - mu1**2
-    s22 = F.conv2d(b * b, w) - mu2**2
-    s12 = F.conv2d(a * b, w) - mu1 * mu2
-    m = ((2 * mu1 * mu2 + c1) * (2 * s12 + c2)) / ((mu1**2 + mu2**2 + c1) * (s11 + s22 + c2))
-    return m.flatten(1).mean(1).float()
 
 
 def bicubic_up(lr: torch.Tensor, scale: int) -> torch.Tensor:

@@ -1,0 +1,125 @@
+"""affectsr.metrics vs scikit-image, and `affectsr evaluate` end to end on a tiny folder."""
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from affectsr.assets import default_face
+from affectsr.cli import main
+from affectsr.metrics import psnr_y, rgb_to_y, ssim_y, to_tensor
+
+
+def _y_np(img: np.ndarray) -> np.ndarray:
+    """BT.601 luma of uint8 RGB in float64, independently of affectsr.metrics."""
+    x = img.astype(np.float64) / 255.0
+    return x[..., 0] * 65.481 + x[..., 1] * 128.553 + x[..., 2] * 24.966 + 16.0
+
+
+def _pair(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    hr = default_face(64)
+    sr = np.clip(hr.astype(int) + rng.integers(-20, 21, hr.shape), 0, 255).astype(np.uint8)
+    return hr, sr
+
+
+@pytest.mark.parametrize("border", [0, 4, 8])
+def test_psnr_ssim_match_skimage(border):
+    hr, sr = _pair(border)
+    yh, ys = _y_np(hr), _y_np(sr)
+    if border:
+        yh, ys = yh[border:-border, border:-border], ys[border:-border, border:-border]
+    ref_p = peak_signal_noise_ratio(yh, ys, data_range=255)
+    ref_s = structural_similarity(yh, ys, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=255)
+    assert float(psnr_y(to_tensor(sr), to_tensor(hr), border)[0]) == pytest.approx(ref_p, abs=1e-3)
+    assert float(ssim_y(to_tensor(sr), to_tensor(hr), border)[0]) == pytest.approx(ref_s, abs=1e-5)
+
+
+def test_rgb_to_y_range_and_train_reexport():
+    x = torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]).T.reshape(1, 3, 1, 2)
+    y = rgb_to_y(x)
+    assert y.flatten().tolist() == pytest.approx([16.0, 235.0])
+    import affectsr.train as tr
+
+    assert tr.psnr_y is psnr_y and tr.ssim_y is ssim_y and tr.rgb_to_y is rgb_to_y
+
+
+@pytest.fixture(scope="module")
+def face_folder(tmp_path_factory):
+    d = tmp_path_factory.mktemp("faces")
+    base = default_face(160)
+    # three faces: as is, shifted, mirrored (padded onto a grey canvas so the detector sees a portrait)
+    variants = [base, np.roll(base, (6, -5), axis=(0, 1)), base[:, ::-1]]
+    for i, v in enumerate(variants):
+        canvas = np.full((224, 224, 3), 127, np.uint8)
+        canvas[32:192, 32:192] = v
+        Image.fromarray(canvas).save(d / f"face{i}.png")
+    return d
+
+
+@pytest.fixture(scope="module")
+def eval_run(face_folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval") / "out"
+    rc = main(["evaluate", "--model", "bicubic,affectsr-x4-lite,affectsr-x4,missing.safetensors", "--data",
+               str(face_folder), "--scale", "4", "--out", str(out), "-q"])
+    return rc, out
+
+
+def test_end_to_end_files_and_keys(eval_run):
+    rc, out = eval_run
+    assert rc == 0
+    for f in ("per_image.csv", "summary.json", "run.json", "summary.md", "grid.png", "psnr_vs_ecm.png"):
+        assert (out / f).is_file() and (out / f).stat().st_size > 0, f
+    s = json.loads((out / "summary.json").read_text())
+    assert set(s) == {"bicubic", "affectsr-x4-lite"}  # summary.json maps model name -> metrics
+    run = json.loads((out / "run.json").read_text())
+    for m in s.values():
+        assert {"psnr", "ssim", "ecm", "agreement", "nme", "accuracy_sr", "accuracy_hr", "n"} <= set(m)
+        assert m["n"] == 3 and m["accuracy_sr"] is None  # a plain folder has no labels
+    for k in ("command", "machine", "date"):
+        assert run[k]
+    # untrained preset and missing file: reported, not crashed
+    assert "affectsr-x4" in run["skipped_models"] and "missing.safetensors" in run["skipped_models"]
+    md = (out / "summary.md").read_text()
+    assert "LPIPS: n/a (no offline weights)" in md and "skipped `affectsr-x4`" in md
+    with open(out / "per_image.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 6 and {r["model"] for r in rows} == {"bicubic", "affectsr-x4-lite"}
+    with Image.open(out / "grid.png") as g:
+        assert g.size[0] == 128 * 4  # LR | bicubic | affectsr-x4-lite | HR
+
+
+def test_bicubic_psnr_matches_independent_computation(eval_run, face_folder):
+    rc, out = eval_run
+    from affectsr.data.prepare import PrepareConfig, discover, process_image
+
+    recs, _ = discover(face_folder)
+    got = {r["image"]: float(r["psnr"]) for r in csv.DictReader(open(out / "per_image.csv")) if r["model"] == "bicubic"}
+    for rec in recs:
+        hr = process_image(rec, PrepareConfig(lr_scales=(4,)))["hr"]
+        assert hr.shape == (128, 128, 3)
+        lr = Image.fromarray(hr).resize((32, 32), Image.Resampling.BICUBIC)
+        sr = np.asarray(lr.resize((128, 128), Image.Resampling.BICUBIC))
+        yh, ys = _y_np(hr)[4:-4, 4:-4], _y_np(sr)[4:-4, 4:-4]
+        assert got[rec.rel] == pytest.approx(peak_signal_noise_ratio(yh, ys, data_range=255), abs=1e-3)
+    s = json.loads((out / "summary.json").read_text())
+    assert s["bicubic"]["psnr"] == pytest.approx(np.mean(list(got.values())), abs=1e-3)
+
+
+def test_refuses_non_empty_out(eval_run, face_folder, capsys):
+    _, out = eval_run
+    assert main(["evaluate", "--model", "bicubic", "--data", str(face_folder), "--scale", "4", "--out", str(out), "-q"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+
+
+def test_only_untrained_models_is_an_error_not_a_crash(face_folder, tmp_path, capsys):
+    rc = main(["evaluate", "--model", "affectsr-x4", "--data", str(face_folder), "--scale", "4", "--out",
+               str(tmp_path / "o"), "-q"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "no trained weights ship" in err and "no model left" in err
