@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .images import resize
 from .models import PRESETS, count_params, create_model
 
 
@@ -71,7 +72,7 @@ def bench_landmarks(lr_size: int = 32, min_time: float = 2.0) -> BenchRow:
     from .assets import default_face
     from .landmarks import LandmarkDetector
 
-    crop = np.asarray(Image.fromarray(default_face(128)).resize((lr_size, lr_size), Image.BICUBIC))
+    crop = resize(default_face(128), (lr_size, lr_size))
     with LandmarkDetector() as det:
         t = time_it(lambda: det.detect_landmarks([crop]), min_time)
     return BenchRow("mediapipe-face-mesh", "landmarks", "cpu", 1, lr_size, 1, 0, t * 1e3, 1 / t)

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .images import resize
 from .metrics import psnr_y, ssim_y, to_tensor
 
 __all__ = ["Face", "add_parser", "format_table", "load_faces", "resolve_models", "run_evaluation"]
@@ -129,10 +130,8 @@ def resolve_models(names: list[str], scale: int, device: torch.device) -> tuple[
 
 
 def _bicubic(lr: np.ndarray, scale: int) -> np.ndarray:
-    from PIL import Image
-
     h, w = lr.shape[:2]
-    return np.asarray(Image.fromarray(lr).resize((w * scale, h * scale), Image.Resampling.BICUBIC))
+    return resize(lr, (w * scale, h * scale))
 
 
 # --- evaluation ------------------------------------------------------------------------------------
@@ -296,7 +295,7 @@ def _grid(examples: dict, names: list[str], scale: int, path: Path) -> None:
         for r in range(n):
             if col == "LR":
                 lr = examples["lr"][r]
-                tile = np.asarray(Image.fromarray(lr).resize((s, s), Image.Resampling.NEAREST))
+                tile = resize(lr, (s, s), Image.Resampling.NEAREST)
             elif col == "HR":
                 tile = examples["hr"][r]
             elif col == "bicubic" and "bicubic" not in examples:

@@ -80,12 +80,12 @@ class TrainConfig:
 
 def bicubic_up(lr: torch.Tensor, scale: int) -> torch.Tensor:
     """PIL bicubic upscaling of a B x 3 x h x w batch (the baseline every table compares with)."""
-    from PIL import Image
+    from affectsr.images import resize
 
     out = []
     for img in (lr.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy():
         h, w = img.shape[:2]
-        out.append(np.asarray(Image.fromarray(img).resize((w * scale, h * scale), Image.Resampling.BICUBIC)))
+        out.append(resize(img, (w * scale, h * scale)))
     return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).float() / 255.0
 
 

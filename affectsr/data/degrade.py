@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageFilter
 
+from affectsr.images import resize
+
 __all__ = ["DEGRADATIONS", "BlindConfig", "bicubic_down", "blind_down", "degrade", "sample_rng"]
 
 DEGRADATIONS = ("bicubic", "blind")
@@ -26,7 +28,7 @@ def bicubic_down(hr: np.ndarray, scale: int) -> np.ndarray:
     h, w = hr.shape[:2]
     if h % scale or w % scale:
         raise ValueError(f"HR size {w}x{h} is not divisible by the scale {scale}")
-    return np.asarray(Image.fromarray(hr).resize((w // scale, h // scale), Image.Resampling.BICUBIC))
+    return resize(hr, (w // scale, h // scale))
 
 
 @dataclass(frozen=True)
