@@ -1,7 +1,12 @@
-"""Speed: faces/s and latency per preset on this machine (model forward, landmarks, bicubic).
+"""Speed: faces/s and latency per preset and baseline on this machine (model forward, landmarks, bicubic).
 
-Each measurement repeats until ``min_time`` seconds have passed (after one warm-up call)
-and reports the mean, so short and long models are timed with the same effort.
+Each measurement repeats until ``min_time`` seconds have passed (after one warm-up call) and
+reports the mean, so short and long models are timed with the same effort. Every row also gets
+two ratios measured in the same run: its speed relative to the plain RRDB of the same scale and
+size (what the face prior costs) and how many times slower than bicubic it is.
+
+On CUDA the default is bf16 + channels_last; ``compile=True`` adds ``torch.compile``. On the CPU
+``float32`` is the default (bf16 is slower than fp32 on CPUs without AMX; measure it with ``--dtype``).
 """
 from __future__ import annotations
 
@@ -17,18 +22,24 @@ from PIL import Image
 from .images import resize
 from .models import PRESETS, count_params, create_model
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
 
 @dataclass
 class BenchRow:
     name: str
     stage: str  # "model", "landmarks" or "bicubic"
-    device: str
+    device: str  # "cpu", "cuda", "cpu-onnxruntime"
     batch: int
     lr_size: int
     scale: int
     params: int
     latency_ms: float  # per batch
     faces_per_s: float
+    dtype: str = "float32"
+    options: str = ""  # e.g. "channels_last,compile"
+    vs_rrdb: float | None = None  # faces/s relative to the plain RRDB of the same scale and size (same batch)
+    slower_than_bicubic: float | None = None  # bicubic faces/s / this row's faces/s
 
 
 def time_it(fn: Callable[[], object], min_time: float) -> float:
@@ -44,27 +55,63 @@ def time_it(fn: Callable[[], object], min_time: float) -> float:
 
 
 def machine() -> str:
-    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    desc = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    if torch.cuda.is_available():
+        desc += f", {torch.cuda.get_device_name()}"
+    return desc
 
 
-def bench_models(names: list[str], batches: list[int], device: str = "cpu", min_time: float = 2.0) -> list[BenchRow]:
+def rrdb_reference(name: str) -> str | None:
+    """The plain-RRDB preset a model is compared with: same scale; the full RRDB for the full-size
+    presets (nf64 nb23), the -lite RRDB for everything at the CPU budget (-lite presets and baselines)."""
+    cfg = PRESETS[name][0]
+    full = getattr(cfg, "nf", 0) == 64 and getattr(cfg, "nb", 0) == 23
+    ref = f"rrdb-x{cfg.scale}" + ("" if full else "-lite")
+    return ref if ref in PRESETS else None
+
+
+def bench_models(names: list[str], batches: list[int], device: str = "cpu", min_time: float = 2.0,
+                 dtypes: list[str] | None = None, compile: bool = False) -> list[BenchRow]:
+    dev = torch.device(device)
+    cuda = dev.type == "cuda"
+    dtypes = dtypes or (["bfloat16"] if cuda else ["float32"])
+    for d in dtypes:
+        if d not in DTYPES:
+            raise ValueError(f"unknown dtype {d!r}; choose from {', '.join(DTYPES)}")
     rows = []
     gen = torch.Generator().manual_seed(0)
     for name in names:
-        model = create_model(name).to(device).eval()  # speed does not depend on the weights' values
-        cfg = model.config
-        for b in batches:
-            lr = torch.rand(b, 3, cfg.in_size, cfg.in_size, generator=gen).to(device)
-            lm = torch.rand(b, model.num_landmarks, 3, generator=gen).to(device)
+        if name not in PRESETS:
+            raise ValueError(f"unknown model {name!r}; known: {', '.join(PRESETS)}")
+        base = create_model(name).to(dev).eval()  # speed does not depend on the weights' values
+        cfg = base.config
+        for dname in dtypes:
+            dtype = DTYPES[dname]
+            model = base
+            opts = []
+            if cuda:
+                model = model.to(memory_format=torch.channels_last)
+                opts.append("channels_last")
+            if compile:
+                model = torch.compile(model)
+                opts.append("compile")
+            for b in batches:
+                lr = torch.rand(b, 3, cfg.in_size, cfg.in_size, generator=gen).to(dev)
+                lm = torch.rand(b, getattr(base, "num_landmarks", 478), 3, generator=gen).to(dev)
+                if cuda:
+                    lr = lr.contiguous(memory_format=torch.channels_last)
 
-            def step() -> None:
-                with torch.inference_mode():
-                    model(lr, lm)
-                if device.startswith("cuda"):
-                    torch.cuda.synchronize()
+                def step() -> None:
+                    # autocast keeps the weights in fp32 and runs matmuls/convs in ``dtype``: what training
+                    # and the pipeline do; float32 runs with autocast off
+                    with torch.inference_mode(), torch.autocast(dev.type, dtype=dtype, enabled=dtype != torch.float32):
+                        model(lr, lm)
+                    if cuda:
+                        torch.cuda.synchronize()
 
-            t = time_it(step, min_time)
-            rows.append(BenchRow(name, "model", device, b, cfg.in_size, cfg.scale, count_params(model), t * 1e3, b / t))
+                t = time_it(step, min_time)
+                rows.append(BenchRow(name, "model", dev.type, b, cfg.in_size, cfg.scale, count_params(base), t * 1e3,
+                                     b / t, dname, ",".join(opts)))
     return rows
 
 
@@ -84,27 +131,60 @@ def bench_bicubic(lr_size: int = 32, scale: int = 4, min_time: float = 1.0) -> B
     return BenchRow("bicubic", "bicubic", "cpu", 1, lr_size, scale, 0, t * 1e3, 1 / t)
 
 
-def run_bench(names: list[str] | None = None, batches: list[int] | None = None, device: str = "cpu",
-              min_time: float = 2.0) -> list[BenchRow]:
-    names = names or list(PRESETS)
-    rows = bench_models(names, batches or [1, 8], device, min_time)
-    rows.append(bench_landmarks(32, min_time))
-    rows.append(bench_bicubic(32, 4, min_time / 2))
+def add_ratios(rows: list[BenchRow]) -> list[BenchRow]:
+    """Fill ``vs_rrdb`` and ``slower_than_bicubic`` from rows of the same run (in place; returns rows)."""
+    bicubic = {(r.lr_size, r.scale): r.faces_per_s for r in rows if r.stage == "bicubic"}
+    speed = {(r.name, r.device, r.dtype, r.options, r.batch): r.faces_per_s for r in rows if r.stage == "model"}
+    for r in rows:
+        if r.stage != "model":
+            continue
+        ref = rrdb_reference(r.name) if r.name in PRESETS else None
+        key = (ref, r.device, r.dtype, r.options, r.batch)
+        if ref is not None and key in speed:
+            r.vs_rrdb = r.faces_per_s / speed[key]
+        if (r.lr_size, r.scale) in bicubic:
+            r.slower_than_bicubic = bicubic[(r.lr_size, r.scale)] / r.faces_per_s
     return rows
+
+
+def run_bench(names: list[str] | None = None, batches: list[int] | None = None, device: str = "cpu",
+              min_time: float = 2.0, dtypes: list[str] | None = None, compile: bool = False,
+              backends: tuple[str, ...] = ("torch",), landmarks: bool = True) -> list[BenchRow]:
+    """Every requested model (and the RRDB each is compared with), then landmarks and bicubic, with ratios."""
+    names = list(names or PRESETS)
+    for n in list(names):
+        if n in PRESETS and (ref := rrdb_reference(n)) is not None and ref not in names:
+            names.append(ref)  # the ratio needs its reference timed in the same run
+    batches = batches or [1, 8]
+    rows: list[BenchRow] = []
+    if "torch" in backends:
+        rows += bench_models(names, batches, device, min_time, dtypes, compile)
+    if "onnxruntime" in backends:
+        from .export import bench_onnx
+
+        rows += bench_onnx(names, batches, min_time)
+    if landmarks:
+        rows.append(bench_landmarks(32, min_time))
+    for size, scale in sorted({(r.lr_size, r.scale) for r in rows if r.stage == "model"}):
+        rows.append(bench_bicubic(size, scale, min_time / 2))
+    return add_ratios(rows)
 
 
 def to_markdown(rows: list[BenchRow]) -> str:
     lines = [
         f"Machine: {machine()}",
         "",
-        "| name | stage | device | batch | input | params | latency (ms/batch) | faces/s |",
-        "|---|---|---|---:|---|---:|---:|---:|",
+        "| name | stage | device | dtype | batch | input | params | latency (ms/batch) | faces/s | vs RRDB | x slower than bicubic |",
+        "|---|---|---|---|---:|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         io = f"{r.lr_size}->{r.lr_size * r.scale}" if r.stage != "landmarks" else f"{r.lr_size} px crop"
         params = f"{r.params / 1e6:.2f}M" if r.params else "-"
-        lines.append(f"| {r.name} | {r.stage} | {r.device} | {r.batch} | {io} | {params} | "
-                     f"{r.latency_ms:.1f} | {r.faces_per_s:.1f} |")
+        dev = r.device + (f" ({r.options})" if r.options else "")
+        vs = f"{r.vs_rrdb:.2f}" if r.vs_rrdb is not None else "-"
+        slow = f"{r.slower_than_bicubic:.0f}" if r.slower_than_bicubic is not None else "-"
+        lines.append(f"| {r.name} | {r.stage} | {dev} | {r.dtype} | {r.batch} | {io} | {params} | "
+                     f"{r.latency_ms:.1f} | {r.faces_per_s:.1f} | {vs} | {slow} |")
     return "\n".join(lines)
 
 

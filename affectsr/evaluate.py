@@ -102,22 +102,28 @@ def load_faces(data: str | Path, scale: int, split: str = "auto", limit: int | N
 
 
 def resolve_models(names: list[str], scale: int, device: torch.device) -> tuple[dict, dict]:
-    """({name: nn.Module or None for bicubic}, {name: reason skipped})."""
+    """({name: nn.Module or None for bicubic}, {name: reason skipped}).
+
+    A name is ``bicubic``, a preset with shipped weights, a ``.safetensors`` path, or ``LABEL=PATH``.
+    """
     from .models import PRESETS, WeightsNotFoundError, load_model
     from .models.presets import weights_path
 
     models, skipped = {}, {}
-    for name in names:
+    for entry in names:
+        # LABEL=PATH.safetensors names a weights file in the tables (ablations, your own runs)
+        name, sep, source = entry.partition("=")
+        source = source if sep else name
         if name in models or name in skipped:
             continue
         if name == "bicubic":
             models[name] = None
             continue
         try:
-            if name in PRESETS and weights_path(name) is None:
-                raise ModelSkipped(f"no trained weights ship for preset {name!r} (untrained: skipped)")
+            if source in PRESETS and weights_path(source) is None:
+                raise ModelSkipped(f"no trained weights ship for preset {source!r} (untrained: skipped)")
             try:
-                net = load_model(name, device=device)
+                net = load_model(source, device=device)
             except (WeightsNotFoundError, ValueError, OSError) as e:
                 raise ModelSkipped(str(e)) from e
             if getattr(net, "scale", None) != scale:
@@ -354,8 +360,9 @@ def write_outputs(out: Path, result: dict, summary: dict, scale: int) -> None:
 def add_parser(subparsers) -> argparse.ArgumentParser:
     e = subparsers.add_parser("evaluate", help="PSNR/SSIM, ECM, FER agreement and landmark NME of SR models vs HR",
                               description=__doc__.split("\n")[0])
-    e.add_argument("--model", required=True, help="comma-separated: bicubic, presets with shipped weights, .safetensors")
-    e.add_argument("--data", required=True, help="folder of face images, a folder with labels.csv, or a prepared cache")
+    e.add_argument("--model", required=True, help="comma-separated: bicubic, presets with shipped weights, .safetensors paths, LABEL=PATH.safetensors")
+    e.add_argument("--data", required=True, nargs="+", metavar="DIR",
+                   help="folder(s) of face images, with labels.csv, or prepared caches; several are pooled")
     e.add_argument("--scale", type=int, choices=(4, 8), required=True)
     e.add_argument("--out", required=True, help="output folder (must be empty or new unless --overwrite)")
     e.add_argument("--split", default="auto",
@@ -395,13 +402,23 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if not models:
         print("error: no model left to evaluate", file=sys.stderr)
         return 2
-    try:
-        faces, info = load_faces(args.data, args.scale, args.split, args.limit, progress=not args.quiet)
-    except (FileNotFoundError, ValueError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    faces, parts = [], []
+    for data in args.data:
+        try:
+            got, info = load_faces(data, args.scale, args.split, args.limit, progress=not args.quiet)
+        except (FileNotFoundError, ValueError, KeyError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        if len(args.data) > 1:  # pooled sets: keep image ids unique and traceable
+            for f in got:
+                f.id = f"{Path(data).name}/{f.id}"
+        faces += got
+        parts.append({"path": str(data), **info})
+    info = {"path": " + ".join(p["path"] for p in parts), "layout": " + ".join(sorted({p["layout"] for p in parts})),
+            "split": " + ".join(sorted({p["split"] for p in parts})), "inputs": sum(p["inputs"] for p in parts),
+            "skipped": [s for p in parts for s in p["skipped"]], "parts": parts}
     if not faces:
-        print(f"error: --data {args.data}: no face found in {info['inputs']} image(s)", file=sys.stderr)
+        print(f"error: --data {' '.join(args.data)}: no face found in {info['inputs']} image(s)", file=sys.stderr)
         return 2
     if faces[0].hr.shape[0] % args.scale:
         print(f"error: HR size {faces[0].hr.shape[0]} is not divisible by x{args.scale}", file=sys.stderr)
@@ -412,7 +429,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         "models": result["models"], "skipped_models": skipped, "scale": args.scale, "hr_size": int(faces[0].hr.shape[0]),
         "faces": len(faces), "landmarks": args.landmarks, "classifier": result["classifier"],
         "lpips": LPIPS_NOTE,
-        "data": {"path": str(args.data), **info},
+        "data": info,
         "command": "affectsr evaluate " + " ".join(shlex.quote(a) for a in _argv(args)),
         "machine": machine(), "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
     }
@@ -429,7 +446,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _argv(args: argparse.Namespace) -> list[str]:
-    a = ["--model", args.model, "--data", str(args.data), "--scale", str(args.scale), "--out", str(args.out)]
+    a = ["--model", args.model, "--data", *map(str, args.data), "--scale", str(args.scale), "--out", str(args.out)]
     if args.split != "auto":
         a += ["--split", args.split]
     if args.limit is not None:

@@ -40,6 +40,7 @@ __all__ = ["TrainConfig", "train", "evaluate", "psnr_y", "ssim_y", "rgb_to_y", "
 @dataclass
 class TrainConfig:
     model: str = "affectsr-x4-lite"  # preset name (affectsr/models/presets.py)
+    model_args: str = ""  # config overrides of the preset, e.g. "prior=pooled;fusion=concat" (ablations)
     data: tuple[str, ...] = (".data/cache/utkface_aligned", ".data/cache/taiwanese_expr")
     out: str = "runs/affectsr-x4-lite"
     init: str = ""  # optional .safetensors to start from (full model, or an RRDB backbone of prior='none')
@@ -207,8 +208,10 @@ def _build_model(cfg: TrainConfig):
     from affectsr.models import create_model
     from affectsr.models.presets import read_config
 
+    from affectsr.models.presets import parse_config_overrides
+
     torch.manual_seed(cfg.seed)
-    model = create_model(cfg.model)
+    model = create_model(cfg.model, **parse_config_overrides(cfg.model, cfg.model_args))
     if cfg.init:
         from safetensors.torch import load_file
 
@@ -256,7 +259,8 @@ def _validate(model, val, cfg: TrainConfig, scale: int, device, clf, with_bicubi
     return out
 
 
-LOG_FIELDS = ["step", "epoch", "seconds", "lr", "loss", "l1", "emo", "lm", "gan", "val_psnr", "val_ssim", "val_ecm"]
+LOG_FIELDS = ["step", "epoch", "seconds", "lr", "loss", "l1", "prior", "emo", "lm", "gan", "tc", "val_psnr", "val_ssim",
+              "val_ecm"]
 
 
 def _truncate_log(path: Path, step: int) -> None:
@@ -348,6 +352,7 @@ def train(cfg: TrainConfig, rank: int | None = None, world_size: int | None = No
     val_set = FaceCache(list(cfg.data), split="val") if main_proc and cfg.val_every else None
     model = _build_model(cfg).to(device)
     scale = model.scale
+    has_aux = callable(getattr(model, "aux_loss", None))
     hr_size = train_set.size
     if hr_size % scale:
         raise ValueError(f"cache HR size {hr_size} is not divisible by the scale {scale}")
@@ -388,7 +393,8 @@ def train(cfg: TrainConfig, rank: int | None = None, world_size: int | None = No
     ckpt = out / "last.pt"
     if ckpt.is_file():
         state = torch.load(ckpt, map_location="cpu", weights_only=True)  # no pickled code, even from our own runs
-        if state["config"]["model"] != cfg.model or state["config"]["seed"] != cfg.seed:
+        if (state["config"]["model"], state["config"]["seed"], state["config"].get("model_args", "")) != \
+                (cfg.model, cfg.seed, cfg.model_args):
             raise ValueError(f"{ckpt} belongs to another run (model/seed differ); use another out=")
         model.load_state_dict(state["model"])
         ema = {k: v.to(device) for k, v in state["ema"].items()}
@@ -448,10 +454,15 @@ def train(cfg: TrainConfig, rank: int | None = None, world_size: int | None = No
         for g in opt.param_groups:
             g["lr"] = lr_now
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and cfg.amp):
-            sr = ddp_model(b.lr, b.landmarks)
+            if has_aux:  # FSRNet/DIC-style baselines: supervise their own landmark-heatmap estimation too
+                sr, aux = ddp_model(b.lr, b.landmarks, return_aux=True)
+            else:
+                sr = ddp_model(b.lr, b.landmarks)
         sr = sr.float()
         l1 = F.l1_loss(sr, b.hr)
         terms = {"l1": l1}
+        if has_aux:
+            terms["prior"] = model.aux_loss(aux, b.hr, b.lm_hr)
         if emo is not None:
             terms["emo"] = emo(sr.clamp(0, 1), b.hr)
         if cfg.lambda_lm:
@@ -462,7 +473,7 @@ def train(cfg: TrainConfig, rank: int | None = None, world_size: int | None = No
             real, fake = disc(b.hr), disc(sr)
             terms["gan"] = (F.binary_cross_entropy_with_logits(real - fake.mean(), torch.zeros_like(real))
                             + F.binary_cross_entropy_with_logits(fake - real.mean(), torch.ones_like(fake))) / 2
-        loss = l1 + cfg.lambda_emo * terms.get("emo", 0) + cfg.lambda_lm * terms.get("lm", 0) \
+        loss = l1 + terms.get("prior", 0) + cfg.lambda_emo * terms.get("emo", 0) + cfg.lambda_lm * terms.get("lm", 0) \
             + cfg.lambda_gan * terms.get("gan", 0)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -11,6 +11,7 @@ landmarks (NaN rows, or ``landmarks=None``) go through the image path alone.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -27,6 +28,7 @@ PRIORS = ("spatial", "pooled", "none")
 class ModelConfig:
     """Everything needed to rebuild a model; stored inside every weights file."""
 
+    arch: ClassVar[str] = "affectsrnet"
     scale: int = 4
     nf: int = 64  # backbone width
     nb: int = 23  # number of RRDB blocks
@@ -34,6 +36,7 @@ class ModelConfig:
     prior: str = "spatial"  # 'spatial' (ours), 'pooled' (prototype) or 'none' (plain RRDB)
     fusion: str = "msaf"  # 'msaf' or 'concat' (ablation)
     gcn_dims: tuple[int, ...] = (64, 128, 128)
+    graph: bool = True  # False: the GCN sees no edges (identity adjacency = an MLP per landmark); the 'no GCN' ablation
     msaf_groups: int = 4
     splat_sigma: float = 0.02  # Gaussian width of the spatial prior, as a fraction of the side
     splat_channels: int = 16  # spatial prior: channels splatted per scale
@@ -63,7 +66,7 @@ class AffectSRNet(nn.Module):
         if c.prior == "none":
             self.prior, self.fusions = None, None
             return
-        adj = mediapipe_face_graph().normalized_adjacency()
+        adj = mediapipe_face_graph().normalized_adjacency() if c.graph else torch.eye(NUM_LANDMARKS)
         if c.prior == "spatial":
             self.prior = SpatialPrior(adj, c.gcn_dims, c.nf, num_scales, c.splat_sigma, c.splat_channels)
         else:
@@ -73,6 +76,10 @@ class AffectSRNet(nn.Module):
     @property
     def scale(self) -> int:
         return self.config.scale
+
+    @property
+    def uses_landmarks(self) -> bool:
+        return self.prior is not None
 
     def load_backbone(self, state_dict: dict[str, torch.Tensor]) -> None:
         """Initialise the RRDB from an ESRGAN-named state dict (see ``rrdb.esrgan_state_dict``).

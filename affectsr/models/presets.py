@@ -7,9 +7,11 @@ handing out random weights.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -18,6 +20,15 @@ from safetensors.torch import load_file
 from ..atomic import write_safetensors
 
 from .affectsrnet import AffectSRNet, ModelConfig
+from .srcnn import SRCNN, SRCNNConfig
+
+# Every architecture the package can build: arch name -> (config dataclass, network). A plain dict,
+# not a registry decorator, so that reading this file tells you everything that exists. Weights files
+# store the arch name and the config, so any of them loads with ``load_model(path)``.
+ARCHITECTURES: dict[str, tuple[type, type[torch.nn.Module]]] = {
+    "affectsrnet": (ModelConfig, AffectSRNet),
+    "srcnn": (SRCNNConfig, SRCNN),
+}
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 
@@ -30,6 +41,11 @@ PRESETS: dict[str, tuple[ModelConfig, str]] = {
     "affectsr-x8-lite": (ModelConfig(scale=8, in_size=16, **_LITE), "CPU variant of affectsr-x8: nf32 nb3 gc16"),
     "rrdb-x4": (ModelConfig(scale=4, in_size=32, prior="none"), "ESRGAN RRDBNet x4 without priors (backbone / baseline)"),
     "rrdb-x8": (ModelConfig(scale=8, in_size=16, prior="none"), "ESRGAN RRDBNet x8 without priors (backbone / baseline)"),
+    # baselines at the -lite budget, trained on the same data and steps as ours (docs/RESULTS.md)
+    "rrdb-x4-lite": (ModelConfig(scale=4, in_size=32, prior="none", **_LITE), "baseline: RRDBNet nf32 nb3, no prior"),
+    "rrdb-x8-lite": (ModelConfig(scale=8, in_size=16, prior="none", **_LITE), "baseline: RRDBNet nf32 nb3, no prior"),
+    "srcnn-x4": (SRCNNConfig(scale=4, in_size=32), "baseline: SRCNN 9-1-5 (residual over bicubic)"),
+    "srcnn-x8": (SRCNNConfig(scale=8, in_size=16), "baseline: SRCNN 9-1-5 (residual over bicubic)"),
 }
 DEFAULT_MODEL = {4: "affectsr-x4", 8: "affectsr-x8"}
 
@@ -65,11 +81,51 @@ def weights_path(name: str) -> Path | None:
     return p if p.is_file() else None
 
 
-def create_model(name: str = "affectsr-x4", **overrides) -> AffectSRNet:
+def build_model(config: Any) -> torch.nn.Module:
+    """The network for a config of any architecture in ARCHITECTURES."""
+    for config_cls, net_cls in ARCHITECTURES.values():
+        if type(config) is config_cls:
+            return net_cls(config)
+    raise TypeError(f"no architecture takes a {type(config).__name__}")
+
+
+def create_model(name: str = "affectsr-x4", **overrides) -> torch.nn.Module:
     """A freshly initialised model from a preset, with optional config overrides (nf=..., prior=...)."""
     if name not in PRESETS:
         raise ValueError(f"unknown model {name!r}; known: {', '.join(PRESETS)}")
-    return AffectSRNet(replace(PRESETS[name][0], **overrides))
+    base = PRESETS[name][0]
+    known = {f.name for f in dataclasses.fields(base)}
+    if unknown := sorted(set(overrides) - known):
+        raise TypeError(f"{name}: unknown config keys {unknown}; known: {', '.join(sorted(known))}")
+    return build_model(replace(base, **overrides))
+
+
+def parse_config_overrides(name: str, text: str) -> dict[str, Any]:
+    """``"prior=pooled;fusion=concat;gcn_dims=32,64"`` -> typed overrides for preset ``name``'s config.
+
+    How training runs its ablations (``affectsr train model=affectsr-x4-lite arch=prior=pooled``)
+    without a preset per variant.
+    """
+    if name not in PRESETS:
+        raise ValueError(f"unknown model {name!r}; known: {', '.join(PRESETS)}")
+    base = PRESETS[name][0]
+    fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(base)}
+    out: dict[str, Any] = {}
+    for item in filter(None, (t.strip() for t in text.split(";"))):
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or key not in fields:
+            raise ValueError(f"bad model override {item!r}: expected KEY=VALUE with KEY in {', '.join(fields)}")
+        default, value = fields[key], value.strip()
+        if isinstance(default, bool):
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(f"model override {key}: expected true/false, got {value!r}")
+            out[key] = value.lower() in ("true", "1")
+        elif isinstance(default, tuple):
+            out[key] = tuple(type(default[0])(v) for v in value.split(",") if v) if default else tuple(value.split(","))
+        else:
+            out[key] = type(default)(value)
+    return out
 
 
 def count_params(model: torch.nn.Module) -> int:
@@ -81,29 +137,34 @@ def list_models() -> list[ModelInfo]:
     out = []
     for name, (cfg, desc) in PRESETS.items():
         with torch.device("meta"):  # count parameters without allocating them
-            n = count_params(AffectSRNet(cfg))
+            n = count_params(build_model(cfg))
         out.append(ModelInfo(name, desc, cfg, n, weights_path(name)))
     return out
 
 
-def save_weights(model: AffectSRNet, path: str | Path, half: bool = True, metadata: dict[str, str] | None = None) -> Path:
-    """Write weights + config as safetensors, atomically (temp file, then rename)."""
+def save_weights(model: torch.nn.Module, path: str | Path, half: bool = True, metadata: dict[str, str] | None = None) -> Path:
+    """Write weights + architecture + config as safetensors, atomically (temp file, then rename)."""
     path = Path(path)
     tensors = {k: (v.half() if half and v.is_floating_point() else v).contiguous().cpu() for k, v in model.state_dict().items()}
-    meta = {"config": json.dumps(model.config.to_dict()), "format": "affectsr", **(metadata or {})}
+    meta = {"config": json.dumps(model.config.to_dict()), "arch": model.config.arch, "format": "affectsr",
+            **(metadata or {})}
     write_safetensors(tensors, path, meta)
     return path
 
 
-def read_config(path: str | Path) -> ModelConfig:
+def read_config(path: str | Path) -> Any:
+    """The config stored in a weights file (files without an ``arch`` entry predate baselines: AffectSRNet)."""
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
     if "config" not in meta:
         raise ValueError(f"{path}: not an affectsr weights file (no config in its metadata)")
-    return ModelConfig(**json.loads(meta["config"]))
+    arch = meta.get("arch", "affectsrnet")
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"{path}: architecture {arch!r} is not one this version knows ({', '.join(ARCHITECTURES)})")
+    return ARCHITECTURES[arch][0](**json.loads(meta["config"]))
 
 
-def load_model(name: str = "affectsr-x4", pretrained: bool = True, device: str | torch.device = "cpu") -> AffectSRNet:
+def load_model(name: str = "affectsr-x4", pretrained: bool = True, device: str | torch.device = "cpu") -> torch.nn.Module:
     """A model in eval mode: a preset name (shipped weights) or a path to a ``.safetensors`` file.
 
     ``pretrained=False`` gives the preset's architecture with fresh (random) weights.
@@ -123,7 +184,7 @@ def load_model(name: str = "affectsr-x4", pretrained: bool = True, device: str |
         path = Path(name)
         if path.suffix != ".safetensors" or not path.is_file():
             raise WeightsNotFoundError(f"{name!r} is neither a preset ({', '.join(PRESETS)}) nor a .safetensors file")
-    model = AffectSRNet(read_config(path))
+    model = build_model(read_config(path))
     state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
     model.load_state_dict(state, strict=True)
     return model.to(device).eval()

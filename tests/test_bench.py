@@ -1,0 +1,51 @@
+"""affectsr bench: rows, same-run ratios to plain RRDB and to bicubic, and CLI errors."""
+from __future__ import annotations
+
+import pytest
+
+from affectsr.bench import BenchRow, add_ratios, rrdb_reference, run_bench, to_markdown
+from affectsr.cli import main
+
+
+def test_rrdb_reference():
+    assert rrdb_reference("affectsr-x4") == "rrdb-x4"
+    assert rrdb_reference("affectsr-x8-lite") == "rrdb-x8-lite"
+    assert rrdb_reference("srcnn-x4") == "rrdb-x4-lite"
+    assert rrdb_reference("rrdb-x4-lite") == "rrdb-x4-lite"
+
+
+def test_ratios_are_computed_from_rows_of_the_same_run():
+    rows = [BenchRow("affectsr-x8-lite", "model", "cpu", 1, 16, 8, 1, 20.0, 50.0),
+            BenchRow("rrdb-x8-lite", "model", "cpu", 1, 16, 8, 1, 10.0, 100.0),
+            BenchRow("affectsr-x8-lite", "model", "cpu", 8, 16, 8, 1, 80.0, 100.0),  # no rrdb at batch 8
+            BenchRow("bicubic", "bicubic", "cpu", 1, 16, 8, 0, 0.5, 2000.0)]
+    add_ratios(rows)
+    assert rows[0].vs_rrdb == pytest.approx(0.5) and rows[1].vs_rrdb == pytest.approx(1.0)
+    assert rows[2].vs_rrdb is None
+    assert rows[0].slower_than_bicubic == pytest.approx(40.0) and rows[3].vs_rrdb is None
+
+
+def test_run_bench_adds_the_reference_and_bicubic():
+    rows = run_bench(["srcnn-x8"], [1, 2], min_time=0.01, landmarks=False)
+    names = {(r.name, r.batch) for r in rows if r.stage == "model"}
+    assert names == {("srcnn-x8", 1), ("srcnn-x8", 2), ("rrdb-x8-lite", 1), ("rrdb-x8-lite", 2)}
+    assert [r.name for r in rows if r.stage == "bicubic"] == ["bicubic"]
+    model_rows = [r for r in rows if r.stage == "model"]
+    assert all(r.vs_rrdb is not None and r.slower_than_bicubic > 0 and r.faces_per_s > 0 for r in model_rows)
+    md = to_markdown(rows)
+    assert "vs RRDB" in md and "| srcnn-x8 | model | cpu | float32 | 2 | 16->128 |" in md
+
+
+def test_bench_bfloat16_rows():
+    rows = run_bench(["rrdb-x8-lite"], [1], min_time=0.01, dtypes=["float32", "bfloat16"], landmarks=False)
+    assert {r.dtype for r in rows if r.stage == "model"} == {"float32", "bfloat16"}
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--batch", "0"], "--batch"), (["--batch", "x"], "--batch"), (["--dtype", "int8"], "--dtype int8"),
+    (["--backend", "tensorrt"], "--backend tensorrt"), (["--models", "nope"], "unknown model"),
+    (["--device", "cuda:7"], "CUDA"),
+])
+def test_bench_cli_errors(args, msg, capsys):
+    assert main(["bench", "--min-time", "0.01", "--no-landmarks", *args]) == 2
+    assert msg in capsys.readouterr().err

@@ -1,0 +1,186 @@
+"""Writes docs/RESULTS.md from `affectsr evaluate` outputs and the training runs behind them.
+
+    python tools/make_results.py --eval x4=.data/eval/compare-x4 x8=.data/eval/compare-x8 \
+        --runs x4=.data/runs/compare-x4 x8=.data/runs/compare-x8 --out docs
+
+Every number in the page is read from those folders (summary.json / run.json of the evaluation,
+config.json / log.csv / ema.safetensors metadata of each training run): nothing is typed in by hand
+except the published figures, which are quoted from ../shared/MISSION.md and kept in their own section.
+The page's own command list is tools/results.sh, which produces the inputs and then calls this script.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from affectsr.atomic import atomic_write  # noqa: E402
+
+# What each row is. Labels are the names given to `affectsr evaluate --model LABEL=PATH`.
+ROLES = {
+    "bicubic": ("reference", "PIL bicubic"),
+    "ours": ("ours", "AffectSRNet-lite: RRDB nf32 nb3 + spatial GCN prior + MSAF, L1 + 0.02 emotion loss"),
+    "no-gcn": ("ablation", "ours, GCN without edges (an MLP per landmark)"),
+    "concat": ("ablation", "ours, concatenation + 1x1 conv instead of MSAF"),
+    "no-emotion-loss": ("ablation", "ours, L1 only (emotion loss weight 0)"),
+    "pooled-prior": ("ablation", "ours, the prototype's pooled prior instead of the spatial one"),
+    "rrdb": ("baseline", "ESRGAN RRDBNet nf32 nb3, no prior (ours without prior), L1"),
+    "srcnn": ("baseline", "SRCNN 9-1-5 (residual over bicubic), L1"),
+    "fsrnet": ("baseline", "FSRNet-style: coarse SR, heatmap prior estimation, prior-guided decoder"),
+    "dic": ("baseline", "DIC-style: iterative SR + landmark attention, shared weights"),
+    "shipped": ("context", "the shipped affectsr-x?-lite weights (longer training, see its model card)"),
+}
+
+PUBLISHED = """Published x8 (16 -> 128) PSNR / SSIM, quoted from ../shared/MISSION.md (their test splits and
+their training budgets, not ours: only the gain over bicubic within one table is comparable).
+
+| method | CelebA | Helen |
+|---|---|---|
+| bicubic | 23.58 / 0.6285 | 23.88 / 0.6628 |
+| SRCNN | 23.93 / 0.6348 | 24.72 / 0.6770 |
+| FSRNet | 26.66 / 0.7714 | 26.43 / 0.7799 |
+| DIC | 27.37 / 0.8022 | 26.94 / 0.8026 |
+| SFMNet | 27.56 / 0.8047 | 27.22 / 0.8141 |
+"""
+
+
+def _kv(items: list[str]) -> dict[str, Path]:
+    out = {}
+    for it in items:
+        k, sep, v = it.partition("=")
+        if not sep:
+            raise SystemExit(f"expected SCALE=DIR, got {it!r}")
+        out[k] = Path(v)
+    return out
+
+
+def run_info(run_dir: Path) -> dict:
+    """Steps, wall time, batch and seed of a training run (from its weights' metadata and config.json)."""
+    info: dict = {}
+    cfg = run_dir / "config.json"
+    if cfg.is_file():
+        c = json.loads(cfg.read_text())
+        info.update(batch=c.get("batch_size"), seed=c.get("seed"), lambda_emo=c.get("lambda_emo"),
+                    model=c.get("model"), model_args=c.get("model_args", ""), lr=c.get("lr"))
+    w = run_dir / "ema.safetensors"
+    if w.is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(w), framework="pt") as f:
+            meta = f.metadata() or {}
+        info.update(steps=int(meta.get("steps", 0)), seconds=float(meta.get("train_seconds", "nan")),
+                    machine=meta.get("machine", ""))
+        import torch
+
+        from affectsr.models import count_params, load_model
+
+        with torch.device("cpu"):
+            info["params"] = count_params(load_model(str(w)))
+    return info
+
+
+def _f(v, spec: str, pct: bool = False) -> str:
+    if v is None:
+        return "n/a"
+    return f"{100 * v:{spec}}%" if pct else f"{v:{spec}}"
+
+
+def table(summary: dict, runs: dict[str, dict]) -> list[str]:
+    ms = summary["models"]
+    bic = ms.get("bicubic", {})
+    lines = ["| model | role | params | steps | train min | PSNR-Y | Δ bicubic | SSIM-Y | ECM ↓ | agreement ↑ | "
+             "mean KL ↓ | NME ↓ | FER acc SR (HR) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, m in ms.items():
+        role = ROLES.get(name, ("", ""))[0]
+        r = runs.get(name, {})
+        params = f"{r['params'] / 1e6:.2f}M" if r.get("params") else "-"
+        steps = str(r["steps"]) if r.get("steps") else "-"
+        minutes = f"{r['seconds'] / 60:.0f}" if r.get("seconds") else "-"
+        d = f"{m['psnr'] - bic['psnr']:+.2f}" if bic and name != "bicubic" else "-"
+        acc = f"{_f(m.get('accuracy_sr'), '.1f', True)} ({_f(m.get('accuracy_hr'), '.1f', True)})"
+        bold = "**" if role == "ours" else ""
+        lines.append(f"| {bold}{name}{bold} | {role} | {params} | {steps} | {minutes} | {m['psnr']:.2f} | {d} | "
+                     f"{m['ssim']:.4f} | {m['ecm']:.3f} | {_f(m['agreement'], '.1f', True)} | {_f(m.get('kl'), '.3f')} | "
+                     f"{_f(m.get('nme'), '.4f')} | {acc} |")
+    return lines
+
+
+def verdict(summary: dict) -> list[str]:
+    """Where ours wins and loses against every other row, metric by metric (computed, not written)."""
+    ms = summary["models"]
+    if "ours" not in ms:
+        return []
+    o = ms["ours"]
+    better = {"psnr": 1, "ssim": 1, "ecm": -1, "agreement": 1, "kl": -1, "nme": -1}
+    out = []
+    for name, m in ms.items():
+        if name == "ours":
+            continue
+        wins = [k for k, s in better.items() if o.get(k) is not None and m.get(k) is not None and s * (o[k] - m[k]) > 0]
+        loses = [k for k, s in better.items() if o.get(k) is not None and m.get(k) is not None and s * (o[k] - m[k]) < 0]
+        out.append(f"- vs **{name}**: better on {', '.join(wins) or 'nothing'}; worse on {', '.join(loses) or 'nothing'}.")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--eval", nargs="+", required=True, metavar="SCALE=DIR", help="e.g. x4=.data/eval/compare-x4")
+    ap.add_argument("--runs", nargs="*", default=[], metavar="SCALE=DIR", help="e.g. x4=.data/runs/compare-x4")
+    ap.add_argument("--out", default="docs")
+    ap.add_argument("--notes", default=None, help="a markdown file appended as 'Reading' (written by a person)")
+    args = ap.parse_args(argv)
+    evals, runs_dirs = _kv(args.eval), _kv(args.runs)
+    out = Path(args.out)
+    (out / "results").mkdir(parents=True, exist_ok=True)
+
+    page = ["# Results: ours, ablations and baselines side by side", "",
+            "Generated by `tools/make_results.py` from `affectsr evaluate` outputs; re-run everything with "
+            "`tools/results.sh` (training: `tools/train_comparison.sh`). Do not edit by hand.", ""]
+    for scale, edir in evals.items():
+        # summary.json is model -> metrics; run.json holds how the evaluation was made
+        run = json.loads((edir / "run.json").read_text())
+        summary = {**run, "models": json.loads((edir / "summary.json").read_text())}
+        runs = {}
+        if scale in runs_dirs:
+            for name in summary["models"]:
+                if (runs_dirs[scale] / name).is_dir():
+                    runs[name] = run_info(runs_dirs[scale] / name)
+        d = summary["data"]
+        page += [f"## {scale}: {summary['hr_size'] // summary['scale']} -> {summary['hr_size']} px", "",
+                 f"- Test faces: {summary['faces']} ({d['path']}, split {d['split']}); LR = bicubic /{summary['scale']}; "
+                 f"PSNR/SSIM on Y with {summary['scale']} px border cropped; FER classifier `{summary['classifier']}`; "
+                 f"LR landmarks: {summary['landmarks']}. {summary.get('lpips', '')}.",
+                 f"- Evaluated on: {summary['machine']}, {summary['date']}.",
+                 f"- Command: `{summary['command']}`", ""]
+        trained = [r for r in runs.values() if r.get("steps")]
+        if trained:
+            r0 = trained[0]
+            page += [f"- Training budget, identical for every trained row: {r0['steps']} steps of batch {r0['batch']}, "
+                     f"lr {r0['lr']}, seed {r0['seed']}, train splits of the same caches; machine: {r0['machine']}.", ""]
+        page += table(summary, runs) + [""]
+        page += ["Rows:", ""] + [f"- `{n}` ({ROLES.get(n, ('', ''))[0]}): {ROLES.get(n, ('', 'your model'))[1]}"
+                                 for n in summary["models"]] + [""]
+        if v := verdict(summary):
+            page += ["Where ours wins and loses (this table, higher PSNR/SSIM/agreement and lower ECM/KL/NME are "
+                     "better; differences of a few hundredths of a dB are within noise at this budget):", ""] + v + [""]
+        for png in ("grid.png", "psnr_vs_ecm.png"):
+            if (edir / png).is_file():
+                shutil.copyfile(edir / png, out / "results" / f"{scale}_{png}")
+                page += [f"![{scale} {png}](results/{scale}_{png})", ""]
+        (out / "results" / f"{scale}_summary.json").write_text(json.dumps({**summary, "runs": runs},
+                                                                          indent=2, default=str))
+    page += ["## Published numbers (context only)", "", PUBLISHED]
+    if args.notes:
+        page += ["## Reading", "", Path(args.notes).read_text().strip(), ""]
+    atomic_write(out / "RESULTS.md", lambda tmp: Path(tmp).write_text("\n".join(page) + "\n"))
+    print(f"wrote {out / 'RESULTS.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
