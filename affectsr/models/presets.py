@@ -20,6 +20,8 @@ from safetensors.torch import load_file
 from ..atomic import write_safetensors
 
 from .affectsrnet import AffectSRNet, ModelConfig
+from .dic import DIC, DICConfig
+from .fsrnet import FSRNet, FSRNetConfig
 from .srcnn import SRCNN, SRCNNConfig
 
 # Every architecture the package can build: arch name -> (config dataclass, network). A plain dict,
@@ -28,6 +30,8 @@ from .srcnn import SRCNN, SRCNNConfig
 ARCHITECTURES: dict[str, tuple[type, type[torch.nn.Module]]] = {
     "affectsrnet": (ModelConfig, AffectSRNet),
     "srcnn": (SRCNNConfig, SRCNN),
+    "fsrnet": (FSRNetConfig, FSRNet),
+    "dic": (DICConfig, DIC),
 }
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
@@ -46,6 +50,10 @@ PRESETS: dict[str, tuple[ModelConfig, str]] = {
     "rrdb-x8-lite": (ModelConfig(scale=8, in_size=16, prior="none", **_LITE), "baseline: RRDBNet nf32 nb3, no prior"),
     "srcnn-x4": (SRCNNConfig(scale=4, in_size=32), "baseline: SRCNN 9-1-5 (residual over bicubic)"),
     "srcnn-x8": (SRCNNConfig(scale=8, in_size=16), "baseline: SRCNN 9-1-5 (residual over bicubic)"),
+    "fsrnet-x4": (FSRNetConfig(scale=4, in_size=32), "baseline: FSRNet-style, estimates its own keypoint-heatmap prior"),
+    "fsrnet-x8": (FSRNetConfig(scale=8, in_size=16), "baseline: FSRNet-style, estimates its own keypoint-heatmap prior"),
+    "dic-x4": (DICConfig(scale=4, in_size=32), "baseline: DIC-style, 3 SR <-> landmark iterations, part attention"),
+    "dic-x8": (DICConfig(scale=8, in_size=16), "baseline: DIC-style, 3 SR <-> landmark iterations, part attention"),
 }
 DEFAULT_MODEL = {4: "affectsr-x4", 8: "affectsr-x8"}
 

@@ -109,3 +109,21 @@ def test_overrides_and_cli(tiny_cache, tmp_path):
     assert args.func(args) == 0
     assert (tmp_path / "c" / "ema.safetensors").is_file()
     assert p.parse_args(["train", "bogus=1"]).func(p.parse_args(["train", "bogus=1"])) == 2
+
+
+@pytest.mark.parametrize("model,model_args,other", [("fsrnet-x4", "", "nf=16"),
+                                                    ("affectsr-x4-lite", "prior=pooled;fusion=concat", "fusion=msaf")])
+def test_baselines_and_ablations_train_and_reload(tiny_cache, tmp_path, model, model_args, other):
+    """Baselines with their own prior loss (aux_loss) and ablations (model_args) train and reload by arch."""
+    from affectsr.models import load_model
+
+    out = tmp_path / "run"
+    train(_cfg(tiny_cache, out, model=model, model_args=model_args, steps=2, val_every=0, lambda_emo=0.0), log=lambda *_: None)
+    log = (out / "log.csv").read_text()
+    assert ("prior" in log.splitlines()[0]) and log.splitlines()[-1].split(",")[2] != ""
+    net = load_model(str(out / "ema.safetensors"))
+    assert type(net).__name__ == ("FSRNet" if model == "fsrnet-x4" else "AffectSRNet")
+    if model_args:
+        assert net.config.prior == "pooled" and net.config.fusion == "concat"
+    with pytest.raises(ValueError, match="another run"):  # a resume with other model_args is refused
+        train(_cfg(tiny_cache, out, model=model, model_args=other, steps=3, val_every=0), log=lambda *_: None)
