@@ -56,6 +56,7 @@ class TrainConfig:
     classifier: str = ""  # FER classifier for the loss and val ECM ('' = affectsr.emotion's default)
     lambda_lm: float = 0.0  # landmark loss weight (needs `predictor`)
     lambda_gan: float = 0.0  # relativistic GAN loss weight (ESRGAN uses 5e-3 after L1 pre-training)
+    lambda_temporal: float = 0.0  # temporal consistency on jittered pairs of still faces (affectsr.temporal); 0 = off
     degradation: str = "bicubic"  # 'bicubic' (paper) or 'blind'
     landmarks: str = "detect"  # LR landmarks fed to the prior: detect | predict | auto | hr | none
     predictor: str = ""  # LandmarkPredictor .safetensors for landmarks=predict/auto and lambda_lm
@@ -224,6 +225,39 @@ def _build_model(cfg: TrainConfig):
     return model
 
 
+def move_landmarks(landmarks: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """Where B x N x 3 landmarks ([0, 1] coordinates) of an image land after ``warp_affine(image, theta)``.
+
+    grid_sample convention: the warped image at normalised p samples the original at A p + t, so a
+    point q of the original appears at A^-1 (q - t). NaN rows stay NaN.
+    """
+    a_inv = torch.linalg.inv(theta[:, :, :2].to(landmarks.dtype))
+    q = landmarks[..., :2] * 2 - 1
+    p = torch.einsum("bij,bnj->bni", a_inv, q - theta[:, None, :, 2].to(landmarks.dtype))
+    return torch.cat([(p + 1) / 2, landmarks[..., 2:]], -1)
+
+
+def _temporal_term(net, b, sr: torch.Tensor, scale: int, cfg: TrainConfig, step: int, device, cuda: bool) -> torch.Tensor:
+    """Temporal consistency on a 'next frame' made from each still face by a small random affine.
+
+    The second view's LR is a bicubic (antialiased) downscale of the warped HR, its landmarks the
+    first view's moved by the same affine; the loss asks the two SR outputs to follow the motion
+    (:func:`affectsr.temporal.temporal_consistency_loss`). The jitter is a pure function of
+    (seed, step), so resumed runs see the same pairs.
+    """
+    from affectsr.temporal import affine_jitter_pair, temporal_consistency_loss
+
+    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+    _, hr_b, theta = affine_jitter_pair(b.hr.cpu(), generator=gen)
+    hr_b, theta = hr_b.to(device), theta.to(device)
+    h, w = b.lr.shape[-2:]
+    lr_b = F.interpolate(hr_b, size=(h, w), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
+    lm_b = None if b.landmarks is None else move_landmarks(b.landmarks, theta)
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and cfg.amp):
+        sr_b = net(lr_b, lm_b)
+    return temporal_consistency_loss(sr, sr_b.float(), theta)
+
+
 def _validate(model, val, cfg: TrainConfig, scale: int, device, clf, with_bicubic: bool = False) -> dict:
     from affectsr.data.dataset import make_batch
 
@@ -335,6 +369,8 @@ def train(cfg: TrainConfig, rank: int | None = None, world_size: int | None = No
     rank = int(os.environ.get("RANK", 0)) if rank is None else rank
     world_size = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
     device = _device(cfg)
+    if world_size > 1 and cfg.lambda_temporal:
+        raise ValueError("lambda_temporal runs the model twice per step, which DDP does not allow; train it on one device")
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     if device.type == "cuda" and world_size > 1:
@@ -465,6 +501,8 @@ def train(cfg: TrainConfig, rank: int | None = None, world_size: int | None = No
             terms["prior"] = model.aux_loss(aux, b.hr, b.lm_hr)
         if emo is not None:
             terms["emo"] = emo(sr.clamp(0, 1), b.hr)
+        if cfg.lambda_temporal:
+            terms["tc"] = _temporal_term(ddp_model, b, sr, scale, cfg, step, device, cuda)
         if cfg.lambda_lm:
             pred = predictor(sr.clamp(0, 1))
             ok = torch.isfinite(b.lm_hr).all(2).all(1)
@@ -474,7 +512,7 @@ def train(cfg: TrainConfig, rank: int | None = None, world_size: int | None = No
             terms["gan"] = (F.binary_cross_entropy_with_logits(real - fake.mean(), torch.zeros_like(real))
                             + F.binary_cross_entropy_with_logits(fake - real.mean(), torch.ones_like(fake))) / 2
         loss = l1 + terms.get("prior", 0) + cfg.lambda_emo * terms.get("emo", 0) + cfg.lambda_lm * terms.get("lm", 0) \
-            + cfg.lambda_gan * terms.get("gan", 0)
+            + cfg.lambda_gan * terms.get("gan", 0) + cfg.lambda_temporal * terms.get("tc", 0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip:

@@ -127,3 +127,38 @@ def test_baselines_and_ablations_train_and_reload(tiny_cache, tmp_path, model, m
         assert net.config.prior == "pooled" and net.config.fusion == "concat"
     with pytest.raises(ValueError, match="another run"):  # a resume with other model_args is refused
         train(_cfg(tiny_cache, out, model=model, model_args=other, steps=3, val_every=0), log=lambda *_: None)
+
+
+def test_move_landmarks_follows_the_warp():
+    """A bright dot at a landmark ends up where move_landmarks says after warp_affine with the same theta."""
+    from affectsr.temporal import affine_jitter_pair
+    from affectsr.train import move_landmarks
+
+    img = torch.zeros(3, 1, 64, 64)
+    pts = torch.tensor([[20.5, 30.5], [40.5, 22.5], [33.5, 44.5]])  # pixel centres (x, y)
+    for i, (x, y) in enumerate(pts):
+        img[i, 0, int(y), int(x)] = 1.0
+    from affectsr.temporal import warp_affine
+
+    _, _, theta = affine_jitter_pair(img, max_shift_px=4, max_rot_deg=10, max_scale=0.05,
+                                     generator=torch.Generator().manual_seed(1))
+    warped, _ = warp_affine(img, theta, mode="bilinear")
+    lm = torch.zeros(3, 1, 3)
+    lm[:, 0, :2] = pts / 64
+    moved = move_landmarks(lm, theta)[:, 0, :2] * 64 - 0.5  # back to pixel indices
+    for i in range(3):
+        w = warped[i, 0]
+        ys, xs = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+        centre = torch.stack([(w * xs).sum() / w.sum(), (w * ys).sum() / w.sum()])
+        assert torch.allclose(centre, moved[i], atol=0.35), (centre, moved[i])
+    nan = move_landmarks(torch.full((1, 2, 3), float("nan")), theta[:1])
+    assert torch.isnan(nan).all()
+
+
+def test_temporal_term_trains(tiny_cache, tmp_path):
+    out = tmp_path / "tc"
+    train(_cfg(tiny_cache, out, steps=2, val_every=0, lambda_emo=0.0, lambda_temporal=0.5), log=lambda *_: None)
+    rows = (out / "log.csv").read_text().splitlines()
+    header, last = rows[0].split(","), rows[-1].split(",")
+    tc = float(last[header.index("tc")])
+    assert 0 < tc < 1
