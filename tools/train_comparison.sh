@@ -20,7 +20,8 @@ pooled-prior|affectsr-x$SCALE-lite|prior=pooled|lambda_emo=0.02
 rrdb|rrdb-x$SCALE-lite||lambda_emo=0
 srcnn|srcnn-x$SCALE||lambda_emo=0
 fsrnet|fsrnet-x$SCALE||lambda_emo=0
-dic|dic-x$SCALE||lambda_emo=0"
+dic|dic-x$SCALE||lambda_emo=0
+ours-residual|affectsr-x$SCALE-lite|residual=true|lambda_emo=0.02"
 mkdir -p "$OUT"
 run_one() {
   IFS='|' read -r name preset args extra <<< "$1"

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .face_graph import NUM_LANDMARKS, mediapipe_face_graph
@@ -42,6 +43,7 @@ class ModelConfig:
     splat_channels: int = 16  # spatial prior: channels splatted per scale
     pooled_map: tuple[int, int] = (8, 16)  # pooled prior: channels, side of the reshaped code
     in_size: int = 32  # the LR face side the preset is trained for (any size runs)
+    residual: bool = False  # add the bicubic-upsampled input to the output (as SRCNN/FSRNet/DIC do); conv_last starts at 0
 
     def __post_init__(self) -> None:
         if self.scale not in (2, 4, 8):
@@ -61,6 +63,9 @@ class AffectSRNet(nn.Module):
         self.config = config = config or ModelConfig()
         c = config
         self.backbone = RRDBNet(3, 3, c.nf, c.nb, c.gc, c.scale)
+        if c.residual:  # start exactly at bicubic: the network learns the detail bicubic misses
+            nn.init.zeros_(self.backbone.conv_last.weight)
+            nn.init.zeros_(self.backbone.conv_last.bias)
         self.num_landmarks = NUM_LANDMARKS
         num_scales = self.backbone.num_up + 1
         if c.prior == "none":
@@ -101,6 +106,12 @@ class AffectSRNet(nn.Module):
 
     def forward(self, lr: torch.Tensor, landmarks: torch.Tensor | None = None) -> torch.Tensor:
         """lr: B x 3 x h x w RGB in [0, 1]; landmarks: B x 478 x 3 (x, y in [0, 1] of lr), NaN rows = none."""
+        out = self._forward(lr, landmarks)
+        if self.config.residual:
+            out = out + F.interpolate(lr, scale_factor=self.scale, mode="bicubic", align_corners=False)
+        return out
+
+    def _forward(self, lr: torch.Tensor, landmarks: torch.Tensor | None) -> torch.Tensor:
         if self.prior is None or landmarks is None:
             return self.backbone(lr)
         if landmarks.shape[1:] != (self.num_landmarks, 3) or landmarks.shape[0] != lr.shape[0]:
