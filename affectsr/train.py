@@ -225,18 +225,6 @@ def _build_model(cfg: TrainConfig):
     return model
 
 
-def move_landmarks(landmarks: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-    """Where B x N x 3 landmarks ([0, 1] coordinates) of an image land after ``warp_affine(image, theta)``.
-
-    grid_sample convention: the warped image at normalised p samples the original at A p + t, so a
-    point q of the original appears at A^-1 (q - t). NaN rows stay NaN.
-    """
-    a_inv = torch.linalg.inv(theta[:, :, :2].to(landmarks.dtype))
-    q = landmarks[..., :2] * 2 - 1
-    p = torch.einsum("bij,bnj->bni", a_inv, q - theta[:, None, :, 2].to(landmarks.dtype))
-    return torch.cat([(p + 1) / 2, landmarks[..., 2:]], -1)
-
-
 def _temporal_term(net, b, sr: torch.Tensor, scale: int, cfg: TrainConfig, step: int, device, cuda: bool) -> torch.Tensor:
     """Temporal consistency on a 'next frame' made from each still face by a small random affine.
 
@@ -245,7 +233,7 @@ def _temporal_term(net, b, sr: torch.Tensor, scale: int, cfg: TrainConfig, step:
     (:func:`affectsr.temporal.temporal_consistency_loss`). The jitter is a pure function of
     (seed, step), so resumed runs see the same pairs.
     """
-    from affectsr.temporal import affine_jitter_pair, temporal_consistency_loss
+    from affectsr.temporal import affine_jitter_pair, move_landmarks, temporal_consistency_loss
 
     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
     _, hr_b, theta = affine_jitter_pair(b.hr.cpu(), generator=gen)

@@ -132,7 +132,7 @@ def test_baselines_and_ablations_train_and_reload(tiny_cache, tmp_path, model, m
 def test_move_landmarks_follows_the_warp():
     """A bright dot at a landmark ends up where move_landmarks says after warp_affine with the same theta."""
     from affectsr.temporal import affine_jitter_pair
-    from affectsr.train import move_landmarks
+    from affectsr.temporal import move_landmarks
 
     img = torch.zeros(3, 1, 64, 64)
     pts = torch.tensor([[20.5, 30.5], [40.5, 22.5], [33.5, 44.5]])  # pixel centres (x, y)
