@@ -23,4 +23,4 @@ for s in 4 8; do
     --scale $s --landmarks detect --device "$DEVICE" --out .data/eval/compare-x$s --overwrite -q
 done
 $PY tools/make_results.py --eval x4=.data/eval/compare-x4 x8=.data/eval/compare-x8 \
-  --runs x4=.data/runs/compare-x4 x8=.data/runs/compare-x8 --out docs ${NOTES:+--notes "$NOTES"}
+  --runs x4=.data/runs/compare-x4 x8=.data/runs/compare-x8 --out docs --notes "${NOTES:-docs/results/reading.md}"
