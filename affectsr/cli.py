@@ -1,4 +1,5 @@
-"""Command line: ``affectsr demo | upscale | models | bench | emotion | study-resolution | prepare | train`` (``affectsr --help``)."""
+"""Command line: ``affectsr demo | upscale | video | models | bench | emotion | study-resolution | prepare | train |
+evaluate | export | fairness | serve`` (``affectsr --help``)."""
 from __future__ import annotations
 
 import argparse
@@ -148,7 +149,16 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UntrainedModelWarning)
         try:
-            up = Upscaler(args.scale, args.model, args.device, margin=args.margin, landmarks=args.landmarks)
+            model = args.model
+            if args.backend == "onnxruntime" or str(args.model or "").endswith(".onnx"):
+                # the same pipeline, the network run by ONNX Runtime (a .onnx model implies it)
+                from .export import ExportError, load_onnx_model
+
+                try:
+                    model = load_onnx_model(args.model, args.scale)
+                except (ExportError, ImportError, OSError) as e:
+                    raise ValueError(f"--backend onnxruntime: {e}") from e
+            up = Upscaler(args.scale, model, args.device, margin=args.margin, landmarks=args.landmarks)
         except (ValueError, FileNotFoundError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
@@ -237,6 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="landmark route for the prior: MediaPipe (detect), the learned LR predictor (predict), "
                         "or detect then predict (auto, default)")
     u.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    u.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",
+                   help="run the network with PyTorch (default) or ONNX Runtime (exported and cached on first use)")
     u.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     u.set_defaults(func=cmd_upscale)
 
@@ -266,6 +278,15 @@ def build_parser() -> argparse.ArgumentParser:
     from .evaluate import add_parser as add_evaluate_parser
 
     add_evaluate_parser(sub)  # evaluate
+    from .video import add_parser as add_video_parser
+
+    add_video_parser(sub)  # video
+    from .export import add_parser as add_export_parser
+
+    add_export_parser(sub)  # export
+    from .fairness import add_parser as add_fairness_parser
+
+    add_fairness_parser(sub)  # fairness
     from .serve import add_parser as add_serve_parser
 
     add_serve_parser(sub)  # serve
