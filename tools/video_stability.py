@@ -225,7 +225,7 @@ def markdown(res: dict) -> str:
         + f"Expression is where it shows: on {worst[0]} the FER label flips in "
         f"{_fmt(100 * worst[1]['fer_flip_sr'], '.0f')} % of consecutive SR frames and in "
         f"{_fmt(100 * worst[1]['fer_flip_bicubic'], '.0f')} % of bicubic ones. Training with "
-        "`affectsr.temporal.temporal_consistency_loss` on `affine_jitter_pair` views is the tool for that.",
+        "`affectsr.temporal.temporal_consistency_loss` on `affine_jitter_pair` views (`affectsr train lambda_temporal=...`) is the tool for that; docs/TEMPORAL.md measures what it does on this clip.",
         "",
         f"Raw MediaPipe landmarks (before smoothing) jitter by {_fmt(100 * on['jitter_raw'], '.2f')} % of the "
         f"inter-ocular distance per frame (measured in the One-Euro run; {_fmt(100 * off['jitter_raw'], '.2f')} % "
