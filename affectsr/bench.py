@@ -101,7 +101,7 @@ def bench_models(names: list[str], batches: list[int], device: str = "cpu", min_
                 if cuda:
                     lr = lr.contiguous(memory_format=torch.channels_last)
 
-                def step() -> None:
+                def step(model=model, lr=lr, lm=lm, dtype=dtype) -> None:  # bound now; timed at once below
                     # autocast keeps the weights in fp32 and runs matmuls/convs in ``dtype``: what training
                     # and the pipeline do; float32 runs with autocast off
                     with torch.inference_mode(), torch.autocast(dev.type, dtype=dtype, enabled=dtype != torch.float32):

@@ -119,3 +119,15 @@ def landmark_detector() -> Iterator[LandmarkDetector]:
     """One MediaPipe detector for the whole session (building the graphs is the slow part)."""
     with LandmarkDetector() as detector:
         yield detector
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """One torch thread for a module of tiny-network tests (ONNX Runtime follows torch's count): on a
+    2-core machine shared with other jobs, one thread is faster than two fighting."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

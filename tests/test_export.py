@@ -30,17 +30,11 @@ from affectsr.pipeline import Upscaler
 LITE = ["affectsr-x4-lite", "affectsr-x8-lite"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One thread for torch and ORT (OnnxSRModel follows torch): the suite shares 2 cores with other jobs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def exported(_one_thread, tmp_path_factory, landmark_detector):
+def exported(one_torch_thread, tmp_path_factory, landmark_detector):
     """Both shipped presets exported (with the full check) once for the module."""
     d = tmp_path_factory.mktemp("onnx")
     return {name: export_onnx(name, d / f"{name}.onnx", detector=landmark_detector) for name in LITE}

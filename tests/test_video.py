@@ -9,7 +9,6 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-import torch
 
 from affectsr.images import resize
 from affectsr.pipeline import Upscaler
@@ -52,13 +51,7 @@ def _streams(path: Path) -> dict:
     return info
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The CPU tests share 2 cores with other jobs: one torch thread is faster than two fighting."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -12,13 +12,7 @@ from affectsr.models.heatmaps import NUM_KEYPOINTS
 SMALL = {"nf": 16, "blocks": 1, "steps": 2, "part_nf": 4, "hg_nf": 16, "hourglass_depth": 1, "hr_nf": 8}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny convs: one thread is faster, and far faster on a busy 2-core machine, than two."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _small(scale: int = 4, seed: int = 0, perturb: bool = True, **kw) -> DIC:

@@ -13,13 +13,7 @@ SMALL = {"nf": 16, "coarse_blocks": 1, "encoder_blocks": 1, "decoder_blocks": 1,
          "hr_nf": 8}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny convs: one thread is faster, and far faster on a busy 2-core machine, than two."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _small(scale: int = 4, seed: int = 0, perturb: bool = True) -> FSRNet:

@@ -31,13 +31,7 @@ def _landmarks(b: int, seed: int = 0) -> torch.Tensor:
     return lm
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny convs: one thread is faster, and far faster on a busy 2-core machine, than two."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ------------------------------------------------------------------------------- keypoints
