@@ -150,7 +150,8 @@ def _mean(v) -> float | None:
 
 def run_evaluation(faces: list[Face], models: dict, scale: int, landmarks: str = "auto", device: str = "cpu",
                    classifier: str | None = None, progress: bool = True, keep: int = 4) -> dict:
-    """Metrics per model. Returns {'rows': per-image dicts, 'models': summaries, 'examples': images for the grid}."""
+    """Metrics per model. Returns {'rows': per-image dicts, 'models': summaries, 'examples': images for the grid,
+    'probs': FER probabilities per face of the HR faces ('hr') and of each model's output}."""
     from tqdm import tqdm
 
     from .data.degrade import bicubic_down
@@ -207,6 +208,7 @@ def run_evaluation(faces: list[Face], models: dict, scale: int, landmarks: str =
     hr_t = to_tensor(hr)
 
     rows, summaries, examples = [], {}, {"lr": lrs[:keep], "hr": list(hr[:keep]), "ids": [f.id for f in faces[:keep]]}
+    probs = {"hr": p_hr}  # FER distributions per face, for callers that break the metrics down (fairness)
     total = len(faces) * len(models)
     bar = tqdm(total=total, desc=f"evaluate x{scale}", unit="face", disable=not progress or None, file=sys.stderr)
     try:
@@ -220,6 +222,7 @@ def run_evaluation(faces: list[Face], models: dict, scale: int, landmarks: str =
             ps = psnr_y(sr_t, hr_t, scale).numpy().astype(float)
             ss = ssim_y(sr_t, hr_t, scale).numpy().astype(float)
             p_sr = classify_crops(clf, list(sr))
+            probs[name] = p_sr
             lm_sr, sr_found = det.detect_landmarks(list(sr))
             ok = sr_found & hr_found
             err = np.full(len(faces), np.nan)
@@ -247,7 +250,7 @@ def run_evaluation(faces: list[Face], models: dict, scale: int, landmarks: str =
             examples[name] = srs[:keep]
     finally:
         bar.close()
-    return {"rows": rows, "models": summaries, "examples": examples, "classifier": clf.name}
+    return {"rows": rows, "models": summaries, "examples": examples, "probs": probs, "classifier": clf.name}
 
 
 # --- outputs ---------------------------------------------------------------------------------------

@@ -344,9 +344,8 @@ def _evaluate_dataset(path: Path, models: dict, scale: int, occlusions: Sequence
         occ_faces = [f if occ == "none" else Face(f.id, occlude(f.hr, occ, f.lm_hr), f.label) for f in faces]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            res = run_evaluation(occ_faces, models, scale, landmarks, device, classifier, progress=progress,
-                                 keep=len(occ_faces))
-        p_hr = classify_crops(clf, [f.hr for f in occ_faces])
+            res = run_evaluation(occ_faces, models, scale, landmarks, device, classifier, progress=progress)
+        p_hr = res["probs"]["hr"]
         same = p_hr.argmax(1) == p_clean.argmax(1)
         occluded_hr[occ] = {"agreement_clean": float(same.mean()),
                             "agreement_clean_ci": list(wilson_interval(int(same.sum()), len(faces))), "n": len(faces)}
@@ -358,7 +357,7 @@ def _evaluate_dataset(path: Path, models: dict, scale: int, occlusions: Sequence
         for r in res["rows"]:
             by_model.setdefault(r["model"], []).append(r)
         for name in models:
-            p_sr = classify_crops(clf, res["examples"][name])
+            p_sr = res["probs"][name]
             for i, (f, er) in enumerate(zip(faces, by_model[name])):
                 sr_i, hr_i, clean_i = int(p_sr[i].argmax()), int(p_hr[i].argmax()), int(p_clean[i].argmax())
                 rows.append({
