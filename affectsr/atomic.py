@@ -1,9 +1,9 @@
-"""Atomic file writes: a crash or Ctrl-C never leaves a half-written checkpoint, shard or weights file."""
+"""Atomic file writes: a crash or Ctrl-C never leaves a half-written checkpoint, shard, image, video or weights file."""
 from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -27,8 +27,20 @@ def atomic_write(path: str | Path, write: Callable[[str], None], mode: int = 0o6
     return path
 
 
-def write_safetensors(tensors: Mapping, path: str | Path, metadata: dict[str, str] | None = None) -> Path:
-    """Atomically write a safetensors file (the project's only weights format: no pickle)."""
-    from safetensors.torch import save_file
+def publish_new(tmp: str | Path, path: str | Path) -> None:
+    """Move the finished file ``tmp`` to ``path`` unless ``path`` exists (FileExistsError then).
 
-    return atomic_write(path, lambda tmp: save_file(dict(tensors), tmp, metadata=metadata))
+    A hard link is an atomic no-replace rename, so a file that appears meanwhile is never clobbered;
+    on filesystems without hard links this falls back to check-then-rename.
+    """
+    tmp, path = Path(tmp), Path(path)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it") from None
+    except OSError:
+        if path.exists():
+            raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it") from None
+        os.replace(tmp, path)
+        return
+    tmp.unlink()

@@ -10,7 +10,6 @@ On CUDA the default is bf16 + channels_last; ``compile=True`` adds ``torch.compi
 """
 from __future__ import annotations
 
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -21,6 +20,7 @@ from PIL import Image
 
 from .images import resize
 from .models import PRESETS, count_params, create_model
+from .runinfo import machine
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -52,13 +52,6 @@ def time_it(fn: Callable[[], object], min_time: float) -> float:
         elapsed = time.perf_counter() - start
         if elapsed >= min_time:
             return elapsed / n
-
-
-def machine() -> str:
-    desc = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
-    if torch.cuda.is_available():
-        desc += f", {torch.cuda.get_device_name()}"
-    return desc
 
 
 def rrdb_reference(name: str) -> str | None:

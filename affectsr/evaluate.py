@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import datetime as _dt
 import json
 import math
 import shlex
@@ -31,6 +30,7 @@ import torch
 
 from .images import resize
 from .metrics import psnr_y, ssim_y, to_tensor
+from .runinfo import machine, now
 
 __all__ = ["Face", "add_parser", "format_table", "load_faces", "resolve_models", "run_evaluation"]
 
@@ -382,8 +382,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .bench import machine
-
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         print(f"error: --out {out}: exists and is not a folder", file=sys.stderr)
@@ -434,7 +432,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         "lpips": LPIPS_NOTE,
         "data": info,
         "command": "affectsr evaluate " + " ".join(shlex.quote(a) for a in _argv(args)),
-        "machine": machine(), "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "machine": machine(), "date": now(),
     }
     out.mkdir(parents=True, exist_ok=True)
     write_outputs(out, result, summary, args.scale)

@@ -695,7 +695,8 @@ def _compare_main(argv: list[str] | None = None) -> int:
     import onnxruntime
 
     from .assets import default_face
-    from .bench import bench_models, machine, to_markdown
+    from .bench import bench_models, to_markdown
+    from .runinfo import machine
     from .evaluate import Face, load_faces
     from .models import PRESETS
     from .models.presets import weights_path

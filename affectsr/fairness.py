@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import datetime as _dt
 import json
 import math
 import shlex
@@ -36,7 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .models import _mediapipe_topology as topo
+from .models import mediapipe_topology as topo
+from .runinfo import machine, now
 
 __all__ = ["AGE_BINS", "DEFAULT_DATASETS", "DEFAULT_GROUPS", "OCCLUSIONS", "SMALL_GROUP", "add_parser", "age_bin",
            "default_models", "group_metrics", "occlude", "occluder_mask", "paired_difference", "run_report",
@@ -386,7 +386,6 @@ def run_report(data_root: str | Path, out_dir: str | Path, models: Sequence[str]
     rrdb-x<scale>-lite); models without weights are skipped and listed. Raises ValueError /
     FileNotFoundError with a one-line message on bad input. Returns the ``fairness.json`` content.
     """
-    from .bench import machine
     from .emotion import load_emotion_classifier
 
     root, out = Path(data_root), Path(out_dir)
@@ -422,7 +421,7 @@ def run_report(data_root: str | Path, out_dir: str | Path, models: Sequence[str]
         rows += r
         described[p.name] = d
     report = {
-        "command": command, "machine": machine(), "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "command": command, "machine": machine(), "date": now(),
         "scale": scale, "models": list(nets), "skipped_models": skipped, "classifier": clf.name,
         "occlusions": list(occlusions), "landmarks": landmarks, "limit": limit, "small_group": SMALL_GROUP,
         "datasets": {},

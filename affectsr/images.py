@@ -21,13 +21,17 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .atomic import publish_new
+
 __all__ = [
     "IMAGE_SUFFIXES",
     "MAX_INPUT_PIXELS",
     "ImageReadError",
     "LoadedImage",
+    "bicubic_down",
     "iter_image_files",
     "read_image",
+    "resize",
     "save_image",
     "to_rgb_uint8",
 ]
@@ -308,26 +312,11 @@ def save_image(
         if overwrite:
             os.replace(tmp, path)
         else:
-            _publish_without_clobbering(tmp, path)
+            publish_new(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return path
-
-
-def _publish_without_clobbering(tmp: Path, path: Path) -> None:
-    """Move tmp to path unless path appeared meanwhile (hard link is an atomic no-replace rename)."""
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
-        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it") from None
-    except OSError:
-        # Filesystems without hard links: fall back to check-then-rename.
-        if path.exists():
-            raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it") from None
-        os.replace(tmp, path)
-        return
-    tmp.unlink()
 
 
 def _is_hidden(name: str) -> bool:
@@ -343,6 +332,14 @@ def resize(rgb: np.ndarray, size: tuple[int, int], resample: int = Image.Resampl
     if rgb.shape[1] == size[0] and rgb.shape[0] == size[1]:
         return np.array(rgb)
     return np.array(Image.fromarray(rgb).resize(size, resample))
+
+
+def bicubic_down(hr: np.ndarray, scale: int) -> np.ndarray:
+    """PIL bicubic downscaling by an integer factor (the LR the paper and BasicSR's face sets use)."""
+    h, w = hr.shape[:2]
+    if h % scale or w % scale:
+        raise ValueError(f"HR size {w}x{h} is not divisible by the scale {scale}")
+    return resize(hr, (w // scale, h // scale))
 
 
 def iter_image_files(paths: Iterable[str | os.PathLike[str]] | str | os.PathLike[str]) -> list[Path]:

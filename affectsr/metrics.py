@@ -22,10 +22,8 @@ def rgb_to_y(x: torch.Tensor) -> torch.Tensor:
 
 
 def quantize(x: torch.Tensor) -> torch.Tensor:
-    return (x.clamp(0, 1) * 255.0).round() / 255.0  # metrics on the uint8 images a user would save
-
-
-_quantize = quantize  # the name affectsr.train has always used
+    """Round to the 256 levels of the uint8 image a user would save (metrics are computed on those)."""
+    return (x.clamp(0, 1) * 255.0).round() / 255.0
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -49,9 +47,6 @@ def gauss_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
     g = torch.exp(-((torch.arange(size, dtype=torch.float64) - size // 2) ** 2) / (2 * sigma**2))
     g = g / g.sum()
     return (g[:, None] * g[None, :]).float()
-
-
-_gauss_window = gauss_window
 
 
 def ssim_y(sr: torch.Tensor, hr: torch.Tensor, border: int) -> torch.Tensor:

@@ -364,7 +364,7 @@ class ServeApp:
     def _comparison(self, columns: dict[str, np.ndarray], boxes: list, s: int, sr_name: str, lw: int, lh: int) -> Image.Image:
         """Side-by-side panels of the whole image (aligned / no face) or of the largest face's square."""
         from .demo import side_by_side
-        from .pipeline import crop_padded
+        from .faces import crop_padded
 
         big = [b for b in boxes if b is not None]
         box = None

@@ -19,7 +19,6 @@ import dataclasses
 import json
 import math
 import os
-import platform
 import random
 import sys
 import time
@@ -30,7 +29,8 @@ import numpy as np
 import torch
 
 from affectsr.atomic import atomic_write
-from affectsr.metrics import _quantize, psnr_y, rgb_to_y, ssim_y
+from affectsr.runinfo import machine
+from affectsr.metrics import psnr_y, quantize, rgb_to_y, ssim_y
 import torch.nn.functional as F
 from torch import nn
 
@@ -173,12 +173,6 @@ class _Discriminator(nn.Module):
         return self.net(x)
 
 
-def machine_description(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} torch threads"
-
-
 # --- training --------------------------------------------------------------------------------------
 
 
@@ -264,7 +258,7 @@ def _validate(model, val, cfg: TrainConfig, scale: int, device, clf, with_bicubi
                 bs.append(ssim_y(bic, b.hr, scale).cpu())
             if clf is not None:
                 p_hr.append(F.softmax(clf(b.hr)[0], 1).cpu())
-                p_sr.append(F.softmax(clf(_quantize(sr))[0], 1).cpu())
+                p_sr.append(F.softmax(clf(quantize(sr))[0], 1).cpu())
                 if with_bicubic:
                     p_bic.append(F.softmax(clf(bic)[0], 1).cpu())
     out = {"val_psnr": float(torch.cat(ps).mean()), "val_ssim": float(torch.cat(ss).mean())}
@@ -562,7 +556,7 @@ def train(cfg: TrainConfig, rank: int | None = None, world_size: int | None = No
 
         m = ema_model()
         meta = {"steps": str(step), "seed": str(cfg.seed), "train_seconds": f"{seconds:.0f}",
-                "machine": machine_description(device), "train_config": json.dumps(cfg.to_dict())}
+                "machine": machine(), "train_config": json.dumps(cfg.to_dict())}
         save_weights(m, out / "ema.safetensors", half=False, metadata=meta)
         plot_curves(out / "log.csv", out / "curves.png", f"{cfg.model}, {step} steps")
         summary["weights"] = str(out / "ema.safetensors")
@@ -594,7 +588,7 @@ def evaluate(weights: str, data: list[str], split: str = "test", landmarks: str 
         for i in range(0, len(ds), batch):
             idx = np.arange(i, min(len(ds), i + batch))
             b = make_batch(ds, idx, scale, "bicubic", 0, 0, landmarks).to(dev)
-            sr = _quantize(model(b.lr, b.landmarks).clamp(0, 1))
+            sr = quantize(model(b.lr, b.landmarks).clamp(0, 1))
             bic = bicubic_up(b.lr, scale).to(dev)
             res["psnr"].append(psnr_y(sr, b.hr, scale))
             res["ssim"].append(ssim_y(sr, b.hr, scale))

@@ -41,10 +41,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .images import _publish_without_clobbering, resize
+from .atomic import publish_new
+from .faces import crop_padded, feather_mask, paste
+from .images import resize
 from .landmarks import FaceBox
 from .landmarks.predictor import get_landmarks
-from .pipeline import MAX_OUTPUT_PIXELS, Upscaler, crop_padded, feather_mask, paste
+from .pipeline import MAX_OUTPUT_PIXELS, Upscaler
 from .temporal import (
     FaceTracker,
     TrackerConfig,
@@ -651,7 +653,7 @@ def upscale_video(src: str | Path, dst: str | Path, scale: int | None = None,
         if overwrite:
             os.replace(tmp, dst)
         else:
-            _publish_without_clobbering(Path(tmp), dst)
+            publish_new(tmp, dst)
         audio, copied = writer.audio_desc
         writer = None
         if copied is False:

@@ -21,7 +21,7 @@ from affectsr.fairness import (
     paired_difference,
     wilson_interval,
 )
-from affectsr.models import _mediapipe_topology as topo
+from affectsr.models import mediapipe_topology as topo
 
 EYES = sorted(set(topo.RIGHT_EYE) | set(topo.LEFT_EYE))
 LIPS = sorted(set(topo.LIPS))

@@ -129,7 +129,7 @@ def test_scale_mismatch_is_an_error(tiny_model, landmark_detector):
 
 
 def test_untrained_default_model_warns(monkeypatch, tmp_path, landmark_detector):
-    monkeypatch.setattr("affectsr.models.presets.WEIGHTS_DIR", tmp_path)
+    monkeypatch.setattr("affectsr.weights.WEIGHTS_DIR", tmp_path)
     with pytest.warns(UntrainedModelWarning, match="UNTRAINED"):
         up = Upscaler(4, "affectsr-x4-lite", device="cpu", detector=landmark_detector)
     assert up.trained is False and up.model_name == "affectsr-x4-lite"
@@ -155,7 +155,7 @@ def test_crop_padded_and_feather():
 
 
 def test_scale_follows_the_named_model(landmark_detector, monkeypatch, tmp_path):
-    monkeypatch.setattr("affectsr.models.presets.WEIGHTS_DIR", tmp_path)
+    monkeypatch.setattr("affectsr.weights.WEIGHTS_DIR", tmp_path)
     with pytest.warns(UntrainedModelWarning):
         up = Upscaler(None, "affectsr-x8-lite", device="cpu", detector=landmark_detector)
     assert up.scale == 8

@@ -1,4 +1,4 @@
-"""Regenerate affectsr/models/_mediapipe_topology.py from the mediapipe wheel.
+"""Regenerate affectsr/models/mediapipe_topology.py from the mediapipe wheel.
 
 The face-mesh connection lists ship inside mediapipe (Apache-2.0). We copy them into our
 own module once so the model never needs mediapipe to build its graph (training nodes,
@@ -47,5 +47,5 @@ out = [
 for name, edges in GROUPS.items():
     out.append(f"{name.upper()} = {fmt(edges)}")
     out.append("")
-Path(__file__).resolve().parents[1].joinpath("affectsr/models/_mediapipe_topology.py").write_text("\n".join(out))
+Path(__file__).resolve().parents[1].joinpath("affectsr/models/mediapipe_topology.py").write_text("\n".join(out))
 print("wrote", sum(len(e) for e in GROUPS.values()), "edges")

@@ -16,19 +16,11 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageFilter
 
-from affectsr.images import resize
+from affectsr.images import bicubic_down
 
 __all__ = ["DEGRADATIONS", "BlindConfig", "bicubic_down", "blind_down", "degrade", "sample_rng"]
 
 DEGRADATIONS = ("bicubic", "blind")
-
-
-def bicubic_down(hr: np.ndarray, scale: int) -> np.ndarray:
-    """PIL bicubic downscaling by an integer factor (the LR the paper and BasicSR's face sets use)."""
-    h, w = hr.shape[:2]
-    if h % scale or w % scale:
-        raise ValueError(f"HR size {w}x{h} is not divisible by the scale {scale}")
-    return resize(hr, (w // scale, h // scale))
 
 
 @dataclass(frozen=True)

@@ -183,7 +183,7 @@ def _find_face(rgb: np.ndarray, pad_frac: float):
 def process_image(rec: Record, cfg: PrepareConfig) -> dict:
     """One image -> {'hr', 'lm_hr', 'lm_lr{s}', 'box', 'src_side'} or {'skip': reason}."""
     from affectsr.images import ImageReadError, read_image, resize
-    from affectsr.pipeline import crop_padded
+    from affectsr.faces import crop_padded
 
     from .degrade import bicubic_down
 

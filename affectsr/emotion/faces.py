@@ -18,7 +18,7 @@ import torch
 
 from affectsr.images import read_image, resize, to_rgb_uint8
 from affectsr.landmarks import FaceBox, LandmarkDetector
-from affectsr.pipeline import crop_padded
+from affectsr.faces import crop_padded
 
 from .classifier import EmotionClassifier, load_emotion_classifier
 

@@ -15,10 +15,8 @@ literature degrades faces; upscaling back is the same bicubic.
 from __future__ import annotations
 
 import csv
-import datetime as dt
 import json
 import os
-import platform
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,6 +25,7 @@ import numpy as np
 import torch
 
 from affectsr.images import resize
+from affectsr.runinfo import machine, today
 
 from .classifier import EMOTIONS, EmotionClassifier
 from .evaluate import PHOTO_DATASETS, FaceSet, load_face_set
@@ -239,8 +238,8 @@ def plot_study(rows: list[StudyRow], path: str | Path, title: str = "") -> Path:
 
 
 def study_meta(classifier: EmotionClassifier, command: str) -> dict:
-    return {"command": command, "date": dt.date.today().isoformat(), "machine": f"{platform.platform()}, {platform.processor() or platform.machine()}",
-            "torch": torch.__version__, "classifier": classifier.name}
+    return {"command": command, "date": today(), "machine": machine(), "torch": torch.__version__,
+            "classifier": classifier.name}
 
 
 def to_markdown(rows: list[StudyRow]) -> str:

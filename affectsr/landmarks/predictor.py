@@ -28,12 +28,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..images import bicubic_down
+from ..weights import read_weights, shipped, write_weights
+from .detector import NUM_LANDMARKS
+
 __all__ = ["PredictorConfig", "LandmarkPredictor", "load_predictor", "save_predictor", "predict_array",
            "default_predictor_path", "get_landmarks", "nme", "train_predictor", "LEFT_EYE_OUTER", "RIGHT_EYE_OUTER"]
 
-NUM_LANDMARKS = 478
 RIGHT_EYE_OUTER, LEFT_EYE_OUTER = 33, 263  # outer eye corners in MediaPipe's indexing (inter-ocular distance)
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 
 
 @dataclass(frozen=True)
@@ -85,27 +87,15 @@ class LandmarkPredictor(nn.Module):
 
 
 def save_predictor(model: LandmarkPredictor, path: str | Path, metadata: dict[str, str] | None = None) -> Path:
-    from affectsr.atomic import write_safetensors
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().half().contiguous().cpu() if v.is_floating_point() else v.contiguous().cpu()
-               for k, v in model.state_dict().items()}
-    meta = {"format": "affectsr-landmarks", "config": json.dumps(model.config.to_dict()), **(metadata or {})}
-    write_safetensors(tensors, path, meta)
-    return path
+    """Write fp16 weights + config atomically (:mod:`affectsr.weights`, kind ``landmarks``)."""
+    return write_weights(model.state_dict(), path, "landmarks", model.config.to_dict(), metadata, half=True)
 
 
 def load_predictor(path: str | Path, device: str | torch.device = "cpu") -> LandmarkPredictor:
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    if meta.get("format") != "affectsr-landmarks":
-        raise ValueError(f"{path}: not a landmark-predictor weights file")
+    """A frozen predictor in eval mode from a weights file (no pickle)."""
+    state, meta = read_weights(path, "landmarks")
     model = LandmarkPredictor(PredictorConfig(**json.loads(meta["config"])))
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()})
+    model.load_state_dict(state)
     for p in model.parameters():
         p.requires_grad_(False)
     return model.to(device).eval()
@@ -113,8 +103,7 @@ def load_predictor(path: str | Path, device: str | torch.device = "cpu") -> Land
 
 def default_predictor_path(scale: int) -> Path | None:
     """The shipped predictor for LR faces of a ``scale`` model (x4: 32 px, x8: 16 px), if any."""
-    p = WEIGHTS_DIR / f"affectsr-x{scale}-lite.landmarks.safetensors"
-    return p if p.is_file() else None
+    return shipped(f"affectsr-x{scale}-lite.landmarks")
 
 
 @torch.no_grad()
@@ -122,8 +111,6 @@ def predict_array(model: LandmarkPredictor, hr_or_lr: np.ndarray, scale: int | N
                   device: str | torch.device = "cpu") -> np.ndarray:
     """N x H x W x 3 uint8 crops -> N x 478 x 3 float32. With ``scale``, the crops are HR and are
     bicubic-downscaled by it first (the LR the SR model sees)."""
-    from affectsr.data.degrade import bicubic_down
-
     model = model.to(device).eval()
     out = []
     for i in range(0, len(hr_or_lr), batch):

@@ -13,7 +13,7 @@ from functools import cached_property
 import numpy as np
 import torch
 
-from . import _mediapipe_topology as mpt
+from . import mediapipe_topology as mpt
 
 NUM_LANDMARKS = 478
 RIGHT_IRIS_CENTRE, LEFT_IRIS_CENTRE = 468, 473

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import _mediapipe_topology as mpt
+from . import mediapipe_topology as mpt
 from .face_graph import LEFT_IRIS_CENTRE, NUM_LANDMARKS, RIGHT_IRIS_CENTRE
 
 # part -> contours as (edge list, stride, start nodes): the connected pieces of the contour

@@ -1,9 +1,9 @@
-"""Named model presets, a timm-style factory, and safetensors weights with their model cards.
+"""Named model presets, a timm-style factory, and loading and saving SR weights with their model cards.
 
-Weights live in ``affectsr/weights/<name>.safetensors`` (fp16 or fp32; the model config is
-stored in the file's metadata) beside ``<name>.md``, the model card. Nothing is downloaded:
-a preset without a shipped file is *untrained*, and ``load_model(name)`` says so instead of
-handing out random weights.
+Weights live in ``affectsr/weights/<name>.safetensors`` (fp16 or fp32; the architecture and its
+config are stored in the file's metadata, see :mod:`affectsr.weights`) beside ``<name>.md``, the
+model card. Nothing is downloaded: a preset without a shipped file is *untrained*, and
+``load_model(name)`` says so instead of handing out random weights.
 """
 from __future__ import annotations
 
@@ -14,11 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file
 
-from ..atomic import write_safetensors
-
+from ..overrides import parse_overrides
+from ..weights import WEIGHTS_DIR, read_metadata, read_weights, shipped, write_weights  # noqa: F401 (WEIGHTS_DIR: re-export)
 from .affectsrnet import AffectSRNet, ModelConfig
 from .dic import DIC, DICConfig
 from .fsrnet import FSRNet, FSRNetConfig
@@ -33,8 +31,6 @@ ARCHITECTURES: dict[str, tuple[type, type[torch.nn.Module]]] = {
     "fsrnet": (FSRNetConfig, FSRNet),
     "dic": (DICConfig, DIC),
 }
-
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 
 _LITE = dict(nf=32, nb=3, gc=16, gcn_dims=(32, 64), msaf_groups=4)
 
@@ -85,8 +81,8 @@ class ModelInfo:
 
 
 def weights_path(name: str) -> Path | None:
-    p = WEIGHTS_DIR / f"{name}.safetensors"
-    return p if p.is_file() else None
+    """The shipped weights of preset ``name`` (``WEIGHTS_DIR/<name>.safetensors``), None while it is untrained."""
+    return shipped(name)
 
 
 def build_model(config: Any) -> torch.nn.Module:
@@ -118,22 +114,7 @@ def parse_config_overrides(name: str, text: str) -> dict[str, Any]:
         raise ValueError(f"unknown model {name!r}; known: {', '.join(PRESETS)}")
     base = PRESETS[name][0]
     fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(base)}
-    out: dict[str, Any] = {}
-    for item in filter(None, (t.strip() for t in text.split(";"))):
-        key, sep, value = item.partition("=")
-        key = key.strip()
-        if not sep or key not in fields:
-            raise ValueError(f"bad model override {item!r}: expected KEY=VALUE with KEY in {', '.join(fields)}")
-        default, value = fields[key], value.strip()
-        if isinstance(default, bool):
-            if value.lower() not in ("true", "false", "1", "0"):
-                raise ValueError(f"model override {key}: expected true/false, got {value!r}")
-            out[key] = value.lower() in ("true", "1")
-        elif isinstance(default, tuple):
-            out[key] = tuple(type(default[0])(v) for v in value.split(",") if v) if default else tuple(value.split(","))
-        else:
-            out[key] = type(default)(value)
-    return out
+    return parse_overrides(fields, filter(None, (t.strip() for t in text.split(";"))), what="model")
 
 
 def count_params(model: torch.nn.Module) -> int:
@@ -152,20 +133,13 @@ def list_models() -> list[ModelInfo]:
 
 def save_weights(model: torch.nn.Module, path: str | Path, half: bool = True, metadata: dict[str, str] | None = None) -> Path:
     """Write weights + architecture + config as safetensors, atomically (temp file, then rename)."""
-    path = Path(path)
-    tensors = {k: (v.half() if half and v.is_floating_point() else v).contiguous().cpu() for k, v in model.state_dict().items()}
-    meta = {"config": json.dumps(model.config.to_dict()), "arch": model.config.arch, "format": "affectsr",
-            **(metadata or {})}
-    write_safetensors(tensors, path, meta)
-    return path
+    return write_weights(model.state_dict(), path, "sr", model.config.to_dict(),
+                         {"arch": model.config.arch, **(metadata or {})}, half=half)
 
 
 def read_config(path: str | Path) -> Any:
     """The config stored in a weights file (files without an ``arch`` entry predate baselines: AffectSRNet)."""
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    if "config" not in meta:
-        raise ValueError(f"{path}: not an affectsr weights file (no config in its metadata)")
+    meta = read_metadata(path, "sr")
     arch = meta.get("arch", "affectsrnet")
     if arch not in ARCHITECTURES:
         raise ValueError(f"{path}: architecture {arch!r} is not one this version knows ({', '.join(ARCHITECTURES)})")
@@ -193,6 +167,5 @@ def load_model(name: str = "affectsr-x4", pretrained: bool = True, device: str |
         if path.suffix != ".safetensors" or not path.is_file():
             raise WeightsNotFoundError(f"{name!r} is neither a preset ({', '.join(PRESETS)}) nor a .safetensors file")
     model = build_model(read_config(path))
-    state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(read_weights(path, "sr")[0], strict=True)
     return model.to(device).eval()

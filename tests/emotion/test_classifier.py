@@ -13,7 +13,8 @@ from affectsr.emotion import (
     load_emotion_classifier,
     to_model_input,
 )
-from affectsr.emotion.classifier import WEIGHTS_DIR, _same_pad_max_pool
+from affectsr.emotion.classifier import _same_pad_max_pool
+from affectsr.weights import WEIGHTS_DIR
 
 
 @pytest.fixture(scope="module")

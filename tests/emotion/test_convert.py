@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from affectsr.emotion.classifier import WEIGHTS_DIR
+from affectsr.weights import WEIGHTS_DIR
 
 TOOL = Path(__file__).resolve().parents[2] / "tools" / "convert_fer_model.py"
 

@@ -10,7 +10,7 @@ import pytest
 from safetensors import safe_open
 
 from affectsr.emotion import DEFAULT_CLASSIFIER, load_emotion_classifier
-from affectsr.emotion.classifier import WEIGHTS_DIR
+from affectsr.weights import WEIGHTS_DIR
 from affectsr.emotion.commands import add_parsers
 from affectsr.emotion.data import (
     DATA_ENV,

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from affectsr.models import _mediapipe_topology as mpt
+from affectsr.models import mediapipe_topology as mpt
 from affectsr.models.face_graph import (
     LEFT_IRIS_CENTRE,
     NUM_LANDMARKS,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from affectsr.models import _mediapipe_topology as mpt
+from affectsr.models import mediapipe_topology as mpt
 from affectsr.models.heatmaps import (
     KEYPOINTS,
     NUM_KEYPOINTS,

@@ -33,7 +33,7 @@ def no_weights(tmp_path, monkeypatch):
     """An empty weights folder, so these tests stay valid once trained weights ship."""
     d = tmp_path / "weights"
     d.mkdir()
-    monkeypatch.setattr(presets, "WEIGHTS_DIR", d)
+    monkeypatch.setattr("affectsr.weights.WEIGHTS_DIR", d)
     return d
 
 
@@ -123,7 +123,7 @@ def test_save_is_atomic(tmp_path, monkeypatch):
             fh.write(b"partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr("safetensors.torch.save_file", broken_save_file)
+    monkeypatch.setattr("affectsr.weights.save_file", broken_save_file)
     with pytest.raises(OSError, match="disk full"):
         save_weights(model, target)
     assert target.read_bytes() == good
