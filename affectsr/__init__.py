@@ -6,19 +6,15 @@
 """
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
 from .models import ModelConfig, WeightsNotFoundError, create_model, list_models, load_model
+from .runinfo import package_version
 
-try:
-    __version__ = version("affectsr")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0.1.0"
+__version__ = package_version()
 
 
 def upscale(image, scale: int | None = None, model=None, aligned: bool = False, **kwargs):
     """Super-resolve the faces in ``image`` (path, PIL image or numpy array); see :func:`affectsr.pipeline.upscale`."""
-    from .pipeline import upscale as _upscale  # lazy: keeps `import affectsr` light (no mediapipe)
+    from .pipeline import upscale as _upscale  # lazy: `import affectsr` loads the models only, not the pipeline
 
     return _upscale(image, scale=scale, model=model, aligned=aligned, **kwargs)
 

@@ -25,7 +25,7 @@ hairline/forehead and the chin both inside and roughly equal margins.
 
 def default_scene() -> np.ndarray:
     """The full 512 x 512 x 3 uint8 RGB astronaut photo (NASA, public domain, bundled with scikit-image)."""
-    from skimage import data  # deferred: importing skimage.data costs ~0.3 s
+    from skimage import data  # lazy: importing skimage.data costs ~0.3 s
 
     scene = np.ascontiguousarray(data.astronaut(), dtype=np.uint8)
     if scene.shape != (512, 512, 3):  # guard against a future scikit-image changing the sample

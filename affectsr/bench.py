@@ -10,15 +10,20 @@ On CUDA the default is bf16 + channels_last; ``compile=True`` adds ``torch.compi
 """
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from .assets import default_face
+from .export import OnnxSRModel, export_onnx
 from .images import resize
+from .landmarks import LandmarkDetector
 from .models import PRESETS, count_params, create_model
 from .runinfo import machine
 
@@ -108,10 +113,32 @@ def bench_models(names: list[str], batches: list[int], device: str = "cpu", min_
     return rows
 
 
-def bench_landmarks(lr_size: int = 32, min_time: float = 2.0) -> BenchRow:
-    from .assets import default_face
-    from .landmarks import LandmarkDetector
+def bench_onnx(names: list[str] | None = None, batches: list[int] | None = None,
+               min_time: float = 2.0) -> list[BenchRow]:
+    """faces/s of each preset through ONNX Runtime (random weights: speed does not depend on them).
 
+    Rows have stage "model" and device "cpu-onnxruntime", timed like :func:`bench_models` (same
+    inputs, warm-up, ``min_time``). Needs the ``affectsr[onnx]`` extra (ImportError otherwise).
+    """
+    names = names or list(PRESETS)
+    rows = []
+    gen = torch.Generator().manual_seed(0)
+    with tempfile.TemporaryDirectory(prefix="affectsr-onnx-bench-") as tmp:
+        for name in names:
+            net = create_model(name).eval()
+            report = export_onnx(net, Path(tmp) / f"{name}.onnx", check=False)
+            runtime = OnnxSRModel(report.path)
+            cfg = net.config
+            for b in batches or [1, 8]:
+                lr = torch.rand(b, 3, cfg.in_size, cfg.in_size, generator=gen)
+                lm = torch.rand(b, getattr(net, "num_landmarks", 478), 3, generator=gen)
+                t = time_it(lambda r=runtime, x=lr, y=lm: r(x, y), min_time)
+                rows.append(BenchRow(name, "model", "cpu-onnxruntime", b, cfg.in_size, cfg.scale,
+                                     count_params(net), t * 1e3, b / t))
+    return rows
+
+
+def bench_landmarks(lr_size: int = 32, min_time: float = 2.0) -> BenchRow:
     crop = resize(default_face(128), (lr_size, lr_size))
     with LandmarkDetector() as det:
         t = time_it(lambda: det.detect_landmarks([crop]), min_time)
@@ -153,8 +180,6 @@ def run_bench(names: list[str] | None = None, batches: list[int] | None = None, 
     if "torch" in backends:
         rows += bench_models(names, batches, device, min_time, dtypes, compile)
     if "onnxruntime" in backends:
-        from .export import bench_onnx
-
         rows += bench_onnx(names, batches, min_time)
     if landmarks:
         rows.append(bench_landmarks(32, min_time))

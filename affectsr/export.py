@@ -18,36 +18,37 @@ The model's name, architecture, config JSON, scale and weights hash travel in th
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import hashlib
+import importlib
 import io
 import json
 import math
 import os
-import sys
-import tempfile
 import time
 import types
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from .assets import default_face
 from .atomic import atomic_write
-
-if TYPE_CHECKING:
-    from .bench import BenchRow
+from .images import resize
+from .landmarks import LandmarkDetector
+from .models import ARCHITECTURES, PRESETS, WeightsNotFoundError, load_model
+from .models.presets import default_model, weights_path
+from .runinfo import package_version
+from .types import SRModel, check_scale, uses_landmarks
 
 __all__ = [
-    "ATOL", "DEFAULT_OPSET", "ExportError", "ExportReport", "OnnxSRModel", "add_parser", "bench_onnx",
-    "bench_ort_options", "cmd_export", "cpu_cost", "default_cache_dir", "export_onnx", "load_onnx_model", "onnx_for",
-    "parity", "uses_landmarks",
+    "ATOL", "DEFAULT_OPSET", "MIN_OPSET", "ExportError", "ExportReport", "OnnxSRModel", "default_cache_dir", "export_onnx",
+    "load_onnx_model", "onnx_for", "random_landmarks", "require", "uses_landmarks", "weights_file",
 ]
 
 DEFAULT_OPSET = 20  # the newest opset torch 2.13's TorchScript exporter writes; onnxruntime >= 1.18 runs it
@@ -62,10 +63,8 @@ class ExportError(RuntimeError):
     """The exported graph does not reproduce the PyTorch model (nothing was written)."""
 
 
-def _require(module: str) -> Any:
-    """Import onnx / onnxruntime, or say in one line how to get them."""
-    import importlib
-
+def require(module: str) -> Any:
+    """Import onnx / onnxruntime (lazily: optional extras, and heavy), or say in one line how to get them."""
     try:
         return importlib.import_module(module)
     except ImportError as e:
@@ -95,13 +94,6 @@ class ExportReport:
 # --- what a model is ---------------------------------------------------------------------------------
 
 
-def uses_landmarks(model: nn.Module) -> bool:
-    """Whether ``model`` reads landmarks (baselines and AffectSRNet with prior='none' do not)."""
-    if getattr(getattr(model, "config", None), "prior", None) == "none":
-        return False
-    return bool(getattr(model, "uses_landmarks", True))
-
-
 def _config_dict(model: nn.Module) -> tuple[str, dict]:
     """(arch name, config as a JSON-able dict); test doubles without a config give ({class name}, {})."""
     cfg = getattr(model, "config", None)
@@ -114,8 +106,6 @@ def _config_dict(model: nn.Module) -> tuple[str, dict]:
 
 def _config_from(arch: str, d: dict) -> Any:
     """The config object back from metadata: the architecture's dataclass where this version knows it."""
-    from .models.presets import ARCHITECTURES
-
     if arch in ARCHITECTURES:
         try:
             return ARCHITECTURES[arch][0](**d)
@@ -140,11 +130,8 @@ def _sha256_state(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def _weights_file(name: str) -> Path:
+def weights_file(name: str) -> Path:
     """The safetensors file behind a preset name or path; WeightsNotFoundError when there is none."""
-    from .models import PRESETS, WeightsNotFoundError
-    from .models.presets import weights_path
-
     if name in PRESETS:
         p = weights_path(name)
         if p is None:
@@ -157,10 +144,8 @@ def _weights_file(name: str) -> Path:
     return p
 
 
-def _resolve(model_or_name: nn.Module | str | Path) -> tuple[nn.Module, str, str, bool]:
+def _resolve(model_or_name: SRModel | str | Path) -> tuple[nn.Module, str, str, bool]:
     """(model on the CPU in fp32, name, weights sha256, trained)."""
-    from .models import PRESETS, load_model
-
     if isinstance(model_or_name, nn.Module):
         net = model_or_name
         params = list(net.parameters())
@@ -171,12 +156,10 @@ def _resolve(model_or_name: nn.Module | str | Path) -> tuple[nn.Module, str, str
     name = str(model_or_name)
     if name.endswith(".onnx"):
         raise ValueError(f"{name}: already an ONNX file; export takes a preset name or a .safetensors file")
-    weights = _weights_file(name)
-    from safetensors import SafetensorError
-
+    weights = weights_file(name)
     try:
         net = load_model(name)
-    except (SafetensorError, RuntimeError, KeyError, TypeError) as e:  # corrupt file, wrong tensors
+    except (ValueError, RuntimeError, KeyError, TypeError) as e:  # corrupt file, wrong tensors
         raise ValueError(f"{name}: cannot load these weights ({' '.join(str(e).split())[:200]})") from e
     label = name if name in PRESETS else weights.stem
     return net, label, _sha256_file(weights), True
@@ -196,7 +179,8 @@ class _Graph(nn.Module):
         return self.net(lr, landmarks) if self.with_landmarks else self.net(lr)
 
 
-def _random_landmarks(b: int, n: int, gen: torch.Generator) -> torch.Tensor:
+def random_landmarks(b: int, n: int, gen: torch.Generator) -> torch.Tensor:
+    """``b x n x 3`` plausible landmarks (inside the crop, small depth): inputs for tracing, checks and timing."""
     lm = torch.rand(b, n, 3, generator=gen)
     lm[..., :2] = 0.15 + 0.7 * lm[..., :2]  # inside the face crop, as detections are
     lm[..., 2] = (lm[..., 2] - 0.5) * 0.1  # MediaPipe's relative depth is small
@@ -206,7 +190,7 @@ def _random_landmarks(b: int, n: int, gen: torch.Generator) -> torch.Tensor:
 def _trace(net: nn.Module, with_landmarks: bool, num_landmarks: int, in_size: int, opset: int) -> bytes:
     gen = torch.Generator().manual_seed(0)
     lr = torch.rand(2, 3, in_size, in_size, generator=gen)
-    args = (lr, _random_landmarks(2, num_landmarks, gen)) if with_landmarks else (lr,)
+    args = (lr, random_landmarks(2, num_landmarks, gen)) if with_landmarks else (lr,)
     names = ["lr", "landmarks"] if with_landmarks else ["lr"]
     axes = {"lr": {0: "batch", 2: "height", 3: "width"}, "sr": {0: "batch", 2: "sr_height", 3: "sr_width"}}
     if with_landmarks:
@@ -225,14 +209,11 @@ def _trace(net: nn.Module, with_landmarks: bool, num_landmarks: int, in_size: in
 def _check_cases(net: nn.Module, with_landmarks: bool, num_landmarks: int, in_size: int,
                  detector=None) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
     """Named (lr, landmarks) inputs: dynamic batch, NaN rows, no landmarks, another size, a real face."""
-    from .assets import default_face
-    from .images import resize
-
     gen = torch.Generator().manual_seed(1)
     s, n = in_size, num_landmarks
 
     def lm(b: int) -> torch.Tensor | None:
-        return _random_landmarks(b, n, gen) if with_landmarks else None
+        return random_landmarks(b, n, gen) if with_landmarks else None
 
     cases = {"batch1": (torch.rand(1, 3, s, s, generator=gen), lm(1))}
     lr3, lm3 = torch.rand(3, 3, s, s, generator=gen), lm(3)
@@ -248,8 +229,6 @@ def _check_cases(net: nn.Module, with_landmarks: bool, num_landmarks: int, in_si
     real = torch.from_numpy(resize(hr, (s, s))).permute(2, 0, 1)[None].float() / 255.0
     real_lm = None
     if with_landmarks:
-        from .landmarks import LandmarkDetector
-
         det = detector or LandmarkDetector()
         try:
             found_lm, _found = det.detect_landmarks([hr])  # normalised: the same points on the LR face
@@ -268,7 +247,7 @@ def _max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
     return float(d.max()) if np.isfinite(d).all() else math.inf
 
 
-def export_onnx(model_or_name: nn.Module | str | Path, path: str | Path, opset: int = DEFAULT_OPSET,
+def export_onnx(model_or_name: SRModel | str | Path, path: str | Path, opset: int = DEFAULT_OPSET,
                 check: bool = True, overwrite: bool = False, detector=None) -> ExportReport:
     """Export a model (preset name, ``.safetensors`` path or ``nn.Module``) to ``path``, atomically.
 
@@ -276,8 +255,8 @@ def export_onnx(model_or_name: nn.Module | str | Path, path: str | Path, opset: 
     difference over ``ATOL`` raises :class:`ExportError` before anything is written. ``detector``:
     a LandmarkDetector to reuse for the real-face case (one is made and closed otherwise).
     """
-    onnx = _require("onnx")
-    _require("onnxruntime")
+    onnx = require("onnx")
+    require("onnxruntime")
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a folder; give the .onnx file to write")
@@ -294,12 +273,10 @@ def export_onnx(model_or_name: nn.Module | str | Path, path: str | Path, opset: 
     num_landmarks = int(getattr(net, "num_landmarks", 478))
 
     proto = onnx.load_from_string(_trace(net, with_lm, num_landmarks, in_size, opset))
-    from . import __version__
-
     meta = {
         "format": FORMAT, "name": name, "arch": arch, "config": json.dumps(cfg), "scale": str(scale),
         "in_size": str(in_size), "uses_landmarks": "1" if with_lm else "0", "num_landmarks": str(num_landmarks),
-        "weights_sha256": sha, "trained": "1" if trained else "0", "affectsr_version": __version__,
+        "weights_sha256": sha, "trained": "1" if trained else "0", "affectsr_version": package_version(),
         "torch_version": torch.__version__,
     }
     onnx.helper.set_model_props(proto, {META + k: v for k, v in meta.items()})
@@ -349,7 +326,7 @@ class OnnxSRModel(nn.Module):
     def __init__(self, source: str | Path | bytes, threads: int | None = None, optimization: str = "all",
                  spin: bool = False):
         super().__init__()
-        ort = _require("onnxruntime")
+        ort = require("onnxruntime")
         if optimization not in OPTIMIZATION:
             raise ValueError(f"optimization must be one of {', '.join(OPTIMIZATION)}, got {optimization!r}")
         if not isinstance(source, bytes):
@@ -426,10 +403,8 @@ def onnx_for(name_or_path: str | Path, cache_dir: str | Path | None = None, opse
         if not p.is_file():
             raise FileNotFoundError(f"{p}: no such ONNX file")
         return p
-    weights = _weights_file(str(name_or_path))
+    weights = weights_file(str(name_or_path))
     key = hashlib.sha256(f"{_sha256_file(weights)}|{FORMAT}|opset{opset}".encode()).hexdigest()[:16]
-    from .models import PRESETS
-
     stem = str(name_or_path) if str(name_or_path) in PRESETS else weights.stem
     out = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     out = out / f"{stem}-{key}.onnx"
@@ -442,348 +417,8 @@ def load_onnx_model(model: str | Path | None = None, scale: int | None = None,
                     cache_dir: str | Path | None = None) -> OnnxSRModel:
     """The onnxruntime backend of ``affectsr upscale``: a preset / ``.safetensors`` / ``.onnx``, or the
     default preset of ``scale`` (x4 when neither is given), as an :class:`OnnxSRModel`."""
-    from .models.presets import default_model
-
-    name = model or default_model(scale or 4)
-    if name is None:
-        raise ValueError(f"scale must be 4 or 8 for the default models, got {scale}")
+    name = model or default_model(check_scale(scale or 4))
     net = OnnxSRModel(onnx_for(name, cache_dir))
     if scale is not None and net.scale != scale:
         raise ValueError(f"model {net.name!r} upscales x{net.scale}, but scale={scale} was asked")
     return net
-
-
-# --- speed and parity --------------------------------------------------------------------------------
-
-
-def bench_onnx(names: list[str] | None = None, batches: list[int] | None = None,
-               min_time: float = 2.0) -> list[BenchRow]:
-    """faces/s of each preset through ONNX Runtime (random weights: speed does not depend on them).
-
-    Rows are :class:`affectsr.bench.BenchRow` with stage "model" and device "cpu-onnxruntime",
-    timed like :func:`affectsr.bench.bench_models` (same inputs, warm-up, ``min_time``).
-    """
-    from .bench import BenchRow, time_it
-    from .models import PRESETS, count_params, create_model
-
-    names = names or list(PRESETS)
-    rows = []
-    gen = torch.Generator().manual_seed(0)
-    with tempfile.TemporaryDirectory(prefix="affectsr-onnx-bench-") as tmp:
-        for name in names:
-            net = create_model(name).eval()
-            report = export_onnx(net, Path(tmp) / f"{name}.onnx", check=False)
-            runtime = OnnxSRModel(report.path)
-            cfg = net.config
-            for b in batches or [1, 8]:
-                lr = torch.rand(b, 3, cfg.in_size, cfg.in_size, generator=gen)
-                lm = torch.rand(b, getattr(net, "num_landmarks", 478), 3, generator=gen)
-                t = time_it(lambda r=runtime, x=lr, y=lm: r(x, y), min_time)
-                rows.append(BenchRow(name, "model", "cpu-onnxruntime", b, cfg.in_size, cfg.scale,
-                                     count_params(net), t * 1e3, b / t))
-    return rows
-
-
-def parity(names: list[str], faces: list, progress: bool = True) -> list[dict]:
-    """PyTorch vs ONNX Runtime on real faces through ``Upscaler.super_resolve`` (the path users get).
-
-    ``faces``: :class:`affectsr.evaluate.Face` (HR crops; LR = bicubic /scale). Landmarks: the face's
-    MediaPipe LR landmarks where it has them, else the pipeline's 'auto' route (MediaPipe, else the
-    learned predictor). Per model: mean PSNR-Y vs HR for each backend, the lowest PSNR-Y of ORT vs
-    PyTorch (148 dB = identical uint8 images) and the largest uint8 difference.
-    """
-    from tqdm import tqdm
-
-    from .data.degrade import bicubic_down
-    from .landmarks import LandmarkDetector
-    from .landmarks.predictor import (
-        default_predictor_path,
-        get_landmarks,
-        load_predictor,
-    )
-    from .metrics import psnr_y, to_tensor
-    from .models import load_model
-    from .pipeline import Upscaler
-
-    out = []
-    with LandmarkDetector() as det:
-        for name in names:
-            torch_net = load_model(name)
-            ort_net = OnnxSRModel(onnx_for(name, detector=det))
-            s = torch_net.scale
-            pred_path = default_predictor_path(s)
-            predictor = load_predictor(pred_path) if pred_path is not None else None
-            ups = [Upscaler(s, m, "cpu", detector=det, landmarks="detect") for m in (torch_net, ort_net)]
-            srs: list[list[np.ndarray]] = [[], []]
-            routes: dict[str, int] = {}
-            for f in tqdm(faces, desc=f"parity {name}", unit="face", disable=not progress or None, file=sys.stderr):
-                lr = np.array(bicubic_down(f.hr, s))
-                if f.lm_lr is not None and np.isfinite(f.lm_lr).all():
-                    lm, route = f.lm_lr, "detect"
-                else:
-                    lm, route = get_landmarks(lr, "auto", det, predictor)
-                routes[route] = routes.get(route, 0) + 1
-                for k, up in enumerate(ups):
-                    srs[k].append(up.super_resolve(lr, lm))
-            hr = to_tensor(np.stack([f.hr for f in faces]))
-            a, b = (to_tensor(np.stack(x)) for x in srs)
-            out.append({
-                "model": name, "faces": len(faces), "scale": s, "landmark_routes": routes,
-                "psnr_torch": float(psnr_y(a, hr, s).mean()), "psnr_ort": float(psnr_y(b, hr, s).mean()),
-                "psnr_ort_vs_torch_min": float(psnr_y(b, a, s).min()),
-                "max_uint8_diff": int(np.abs(np.stack(srs[0]).astype(int) - np.stack(srs[1]).astype(int)).max()),
-            })
-    return out
-
-
-def cpu_cost(names: list[str], batches: list[int] | None = None, min_cpu_time: float = 2.0) -> list[dict]:
-    """Faces per CPU-second of each preset, PyTorch vs ONNX Runtime, one thread each.
-
-    Process CPU time does not advance while other jobs hold the cores, so unlike wall-clock
-    faces/s this stays meaningful on a shared machine (it is the single-core speed of an idle core,
-    up to cache effects). Best of two rounds per row.
-    """
-    from .models import create_model
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    out = []
-    try:
-        with tempfile.TemporaryDirectory(prefix="affectsr-onnx-cpu-") as tmp:
-            for name in names:
-                net = create_model(name).eval()
-                ort_net = OnnxSRModel(export_onnx(net, Path(tmp) / f"{name}.onnx", check=False).path, threads=1)
-                s, n = net.config.in_size, getattr(net, "num_landmarks", 478)
-                gen = torch.Generator().manual_seed(0)
-                for b in batches or [1, 8]:
-                    lr, lm = torch.rand(b, 3, s, s, generator=gen), _random_landmarks(b, n, gen)
-                    for backend, m in (("torch", net), ("onnxruntime", ort_net)):
-                        best = 0.0
-                        for _ in range(2):
-                            with torch.inference_mode():
-                                m(lr, lm)  # warm-up
-                                calls, t0 = 0, time.process_time()
-                                while (used := time.process_time() - t0) < min_cpu_time:
-                                    m(lr, lm)
-                                    calls += 1
-                            best = max(best, b * calls / used)
-                        out.append({"model": name, "backend": backend, "batch": b, "faces_per_cpu_s": best})
-    finally:
-        torch.set_num_threads(before)
-    return out
-
-
-def bench_ort_options(name: str = "affectsr-x4-lite", batches: list[int] | None = None, min_time: float = 2.0,
-                      rounds: int = 2) -> list[dict]:
-    """faces/s of one trained preset under each ONNX Runtime setting (best of ``rounds`` interleaved rounds,
-    so a load change hits every variant), and PSNR-Y vs HR on the bundled face for each graph."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    from .assets import default_face
-    from .bench import time_it
-    from .data.degrade import bicubic_down
-    from .landmarks import LandmarkDetector
-    from .metrics import psnr_y, to_tensor
-
-    fp32 = onnx_for(name)
-    with tempfile.TemporaryDirectory(prefix="affectsr-int8-") as tmp:
-        int8 = Path(tmp) / "int8.onnx"
-        quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8)
-        variants = {
-            "fp32, ORT_ENABLE_ALL, no spinning (default)": OnnxSRModel(fp32),
-            "fp32, ORT_ENABLE_ALL, spinning": OnnxSRModel(fp32, spin=True),
-            "fp32, ORT_ENABLE_EXTENDED": OnnxSRModel(fp32, optimization="extended"),
-            "fp32, ORT_ENABLE_BASIC": OnnxSRModel(fp32, optimization="basic"),
-            "int8 dynamic quantisation, ORT_ENABLE_ALL": OnnxSRModel(int8),
-        }
-        s = variants[next(iter(variants))].scale
-        hr = default_face(128)
-        lr_np = bicubic_down(hr, s)
-        with LandmarkDetector() as det:
-            lm_np, _ = det.detect_landmarks([lr_np])
-        face, face_lm = to_tensor(lr_np), torch.from_numpy(lm_np)
-        psnr = {k: float(psnr_y(m(face, face_lm).clamp(0, 1), to_tensor(hr), s)[0]) for k, m in variants.items()}
-        in_size = variants[next(iter(variants))].in_size
-        gen = torch.Generator().manual_seed(0)
-        best: dict[tuple[str, int], float] = {}
-        for _ in range(rounds):
-            for b in batches or [1, 8]:
-                lr, lm = torch.rand(b, 3, in_size, in_size, generator=gen), _random_landmarks(b, 478, gen)
-                for k, m in variants.items():
-                    t = time_it(lambda f=m, x=lr, y=lm: f(x, y), min_time)
-                    best[k, b] = max(best.get((k, b), 0.0), b / t)
-    return [{"variant": k, "batch": b, "faces_per_s": v, "psnr_y_bundled_face": psnr[k]} for (k, b), v in best.items()]
-
-
-# --- command line ------------------------------------------------------------------------------------
-
-
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    e = subparsers.add_parser("export", help="export a model to ONNX (checked against PyTorch)",
-                              description="Export a model to ONNX: dynamic batch and size, checked with "
-                                          "onnx.checker and against PyTorch to 1e-3.")
-    e.add_argument("--model", required=True, help="preset with shipped weights, or a .safetensors file")
-    e.add_argument("--format", choices=("onnx",), default="onnx", help="only onnx for now")
-    e.add_argument("-o", "--output", required=True, metavar="FILE", help="the .onnx file to write")
-    e.add_argument("--opset", type=int, default=DEFAULT_OPSET,
-                   help=f"ONNX opset {MIN_OPSET}..{DEFAULT_OPSET} (default {DEFAULT_OPSET})")
-    e.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-    e.add_argument("--no-check", action="store_true", help="skip onnx.checker and the comparison with PyTorch")
-    e.set_defaults(func=cmd_export)
-    return e
-
-
-def _err(msg: str) -> int:
-    print(f"error: {msg}", file=sys.stderr)
-    return 2
-
-
-def cmd_export(args: argparse.Namespace) -> int:
-    from .models import WeightsNotFoundError
-
-    out = Path(args.output)
-    try:
-        _require("onnx")
-        _require("onnxruntime")
-    except ImportError as e:
-        return _err(str(e))
-    if out.suffix.lower() != ".onnx":
-        return _err(f"-o {out}: give a file name ending in .onnx")
-    if out.is_dir():
-        return _err(f"-o {out}: is a folder; give the .onnx file to write")
-    if out.exists() and not args.overwrite:
-        return _err(f"-o {out}: exists (use --overwrite to replace it)")
-    if not MIN_OPSET <= args.opset <= DEFAULT_OPSET:
-        return _err(f"--opset {args.opset}: must be {MIN_OPSET}..{DEFAULT_OPSET}")
-    try:
-        _weights_file(args.model)
-    except WeightsNotFoundError as e:
-        return _err(f"--model {e}")
-    try:  # fail before tracing if the folder cannot be written
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=out.parent).close()
-    except OSError as e:
-        return _err(f"-o {out}: cannot write there ({e.strerror or e})")
-    try:
-        rep = export_onnx(args.model, out, opset=args.opset, check=not args.no_check, overwrite=args.overwrite)
-    except (ValueError, OSError) as e:
-        return _err(str(e))
-    except ExportError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    inputs = "lr, landmarks (NaN row = none)" if rep.uses_landmarks else "lr"
-    print(f"wrote {rep.path} ({rep.size_bytes / 1e6:.1f} MB, opset {rep.opset}, x{rep.scale}, inputs: {inputs}; "
-          f"batch, height and width dynamic)")
-    if rep.max_abs_diff is not None:
-        print(f"checked: onnx.checker ok; max |onnxruntime - pytorch| = {rep.max_abs_diff:.2e} over "
-              f"{len(rep.checks)} cases ({', '.join(rep.checks)})")
-    return 0
-
-
-PARTS = ("speed", "cpu", "options", "parity")
-
-
-def _compare_main(argv: list[str] | None = None) -> int:
-    """``python -m affectsr.export compare``: the numbers of docs/ONNX.md.
-
-    Parts: ``speed`` (wall-clock faces/s, PyTorch then ORT per model, same run), ``cpu`` (faces per
-    CPU-second at one thread), ``options`` (ORT settings on affectsr-x4-lite), ``parity`` (PSNR of
-    both backends on real faces).
-    """
-    import platform
-
-    import onnxruntime
-
-    from .assets import default_face
-    from .bench import bench_models, to_markdown
-    from .runinfo import machine
-    from .evaluate import Face, load_faces
-    from .models import PRESETS
-    from .models.presets import weights_path
-
-    p = argparse.ArgumentParser(prog="python -m affectsr.export compare",
-                                description="PyTorch vs ONNX Runtime: speed, CPU cost, ORT settings, parity")
-    p.add_argument("command", choices=("compare",))
-    p.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {', '.join(PARTS)}")
-    p.add_argument("--models", default="affectsr-x4-lite,affectsr-x8-lite,rrdb-x4",
-                   help="presets to time (default: the lite presets, and rrdb-x4 for the speed ratio)")
-    p.add_argument("--batch", default="1,8")
-    p.add_argument("--min-time", type=float, default=3.0, help="seconds (CPU seconds for cpu) per measurement")
-    p.add_argument("--data", default=None, help="face folder for parity (default: the bundled face only)")
-    p.add_argument("--limit", type=int, default=50, help="parity: at most this many faces of --data")
-    p.add_argument("--threads", type=int, default=None, help="speed and options: threads (default: torch's)")
-    p.add_argument("--json", default=None, help="also write the results here")
-    args = p.parse_args(argv)
-    parts = [x for x in args.parts.split(",") if x]
-    if unknown := set(parts) - set(PARTS):
-        p.error(f"--parts: unknown {sorted(unknown)}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    names = [n for n in args.models.split(",") if n]
-    batches = [int(b) for b in args.batch.split(",")]
-    load = os.getloadavg()[0]
-    print(f"{machine()}; onnxruntime {onnxruntime.__version__}, {platform.machine()}; "
-          f"1-min load average at the start: {load:.2f}\n", flush=True)
-    blob: dict[str, Any] = {"machine": machine(), "onnxruntime": onnxruntime.__version__, "load_before": load,
-                            "threads": torch.get_num_threads()}
-
-    if "speed" in parts:
-        rows = []
-        for name in names:  # PyTorch and ORT of one model back to back, so both see the same machine load
-            rows += bench_models([name], batches, "cpu", args.min_time)
-            rows += bench_onnx([name], batches, args.min_time)
-        print(to_markdown(rows))
-        ref = {(r.device, r.batch): r.faces_per_s for r in rows if r.name == "rrdb-x4"}
-        for r in rows:
-            if r.name != "rrdb-x4" and r.scale == 4 and (r.device, r.batch) in ref:
-                print(f"speed ratio {r.name} / rrdb-x4, {r.device}, batch {r.batch}: "
-                      f"{r.faces_per_s / ref[r.device, r.batch]:.1f}x")
-        print(flush=True)
-        blob["speed"] = [dataclasses.asdict(r) for r in rows]
-
-    if "cpu" in parts:
-        cpu = cpu_cost(names, batches, args.min_time)
-        print("faces per CPU-second, 1 thread (process CPU time: time other jobs held the cores does not count):\n"
-              "| model | backend | batch | faces per CPU-second |\n|---|---|---:|---:|")
-        for c in cpu:
-            print(f"| {c['model']} | {c['backend']} | {c['batch']} | {c['faces_per_cpu_s']:.1f} |")
-        ref = {(c["backend"], c["batch"]): c["faces_per_cpu_s"] for c in cpu if c["model"] == "rrdb-x4"}
-        for c in cpu:
-            if c["model"] != "rrdb-x4" and PRESETS[c["model"]][0].scale == 4 and (c["backend"], c["batch"]) in ref:
-                print(f"CPU-cost ratio {c['model']} / rrdb-x4, {c['backend']}, batch {c['batch']}: "
-                      f"{c['faces_per_cpu_s'] / ref[c['backend'], c['batch']]:.1f}x")
-        print(flush=True)
-        blob["cpu_time"] = cpu
-
-    if "options" in parts:
-        options = bench_ort_options("affectsr-x4-lite", batches, args.min_time)
-        print(f"onnxruntime settings, affectsr-x4-lite, {torch.get_num_threads()} thread(s), best of 2 rounds:\n"
-              "| setting | batch | faces/s | PSNR-Y bundled face (dB) |\n|---|---:|---:|---:|")
-        for o in options:
-            print(f"| {o['variant']} | {o['batch']} | {o['faces_per_s']:.1f} | {o['psnr_y_bundled_face']:.2f} |")
-        print(flush=True)
-        blob["ort_options"] = options
-
-    if "parity" in parts:
-        par = []
-        for name in (n for n in names if weights_path(n) is not None):  # parity needs trained weights
-            faces = [Face("bundled-astronaut", default_face(128))]
-            if args.data:
-                faces += load_faces(args.data, PRESETS[name][0].scale, "auto", args.limit)[0]
-            par += parity([name], faces)
-        print("| model | faces | LR landmark routes | PSNR-Y torch | PSNR-Y onnxruntime | min PSNR-Y ORT vs torch | "
-              "max uint8 diff |\n|---|---:|---|---:|---:|---:|---:|")
-        for r in par:
-            print(f"| {r['model']} | {r['faces']} | {r['landmark_routes']} | {r['psnr_torch']:.3f} | "
-                  f"{r['psnr_ort']:.3f} | {r['psnr_ort_vs_torch_min']:.1f} | {r['max_uint8_diff']} |")
-        blob["parity"] = par
-
-    blob["load_after"] = os.getloadavg()[0]
-    print(f"\n1-min load average at the end: {blob['load_after']:.2f}")
-    if args.json:
-        atomic_write(args.json, lambda tmp: Path(tmp).write_text(json.dumps(blob, indent=2)))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_compare_main())

@@ -3,12 +3,14 @@
 The background is upscaled bicubically; each face is cropped square with a margin from the
 low-resolution image, its 478 landmarks are detected on the crop (upsampled to the
 detector's size inside :class:`LandmarkDetector`), the crop is super-resolved with the
-landmark prior, and pasted back with a feathered mask. ``aligned=True`` skips detection and
+landmark prior, and pasted back with a feathered mask (:meth:`Upscaler.compose`, which video
+calls with its tracked boxes and smoothed landmarks). ``aligned=True`` skips detection and
 treats the whole input as one face crop (datasets, already-cropped faces).
 """
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from .landmarks import FaceBox, LandmarkDetector
 from .landmarks.predictor import default_predictor_path, get_landmarks, load_predictor
 from .models import PRESETS, WeightsNotFoundError, create_model, load_model
 from .models.presets import default_model
+from .types import SCALES, SRModel, check_landmark_mode, check_scale
 
 MAX_OUTPUT_PIXELS = 200_000_000  # ~600 MB of RGB: refuse rather than exhaust memory
 SR_PAD = 2  # LR pixels of replicate padding around each face crop before super-resolution
@@ -65,17 +68,15 @@ class UpscaleResult:
         return save_image(path, self.image, self.alpha, overwrite=overwrite)
 
 
-def resolve_model(model: torch.nn.Module | str | None, scale: int, device: torch.device) -> tuple[torch.nn.Module, str, bool]:
+def resolve_model(model: SRModel | str | None, scale: int, device: torch.device) -> tuple[SRModel, str, bool]:
     """(model, name, trained). ``None`` picks the default preset for ``scale``; untrained presets warn.
 
-    Any ``nn.Module`` with a ``scale`` attribute and ``forward(lr, landmarks=None)`` works
-    (AffectSRNet, baselines, test doubles).
+    Any ``nn.Module`` that is an :class:`~affectsr.types.SRModel` works (AffectSRNet, baselines,
+    the ONNX Runtime backend, test doubles).
     """
     if isinstance(model, torch.nn.Module):
         return model.to(device).eval(), getattr(model, "name", "custom"), getattr(model, "trained", True)
-    name = model or default_model(scale)
-    if name is None:
-        raise ValueError(f"scale must be 4 or 8 for the default models, got {scale}")
+    name = model or default_model(check_scale(scale, SCALES))
     try:
         net, trained = load_model(name, pretrained=True, device=device), True
     except WeightsNotFoundError:
@@ -95,7 +96,7 @@ def resolve_model(model: torch.nn.Module | str | None, scale: int, device: torch
 class Upscaler:
     """Holds one model and one landmark detector, for upscaling many images."""
 
-    def __init__(self, scale: int | None = None, model: torch.nn.Module | str | None = None, device: str | None = None,
+    def __init__(self, scale: int | None = None, model: SRModel | str | None = None, device: str | None = None,
                  margin: float = 0.6, detector: LandmarkDetector | None = None, landmarks: str = "auto"):
         """``scale=None`` takes the model's scale (4 when no model is named either).
 
@@ -109,8 +110,7 @@ class Upscaler:
             raise ValueError(f"model {self.model_name!r} upscales x{self.model.scale}, but scale={scale} was asked")
         self.scale, self.margin = scale, margin
         self.detector = detector or LandmarkDetector()
-        if landmarks not in ("detect", "predict", "auto"):
-            raise ValueError(f"landmarks must be detect, predict or auto, got {landmarks!r}")
+        check_landmark_mode(landmarks)
         path = default_predictor_path(scale) if landmarks != "detect" else None
         if landmarks == "predict" and path is None:
             raise ValueError(f"no landmark predictor ships for x{scale}; use landmarks='detect'")
@@ -155,6 +155,36 @@ class Upscaler:
         lm, _route = get_landmarks(crop, self.landmarks, self.detector, self.predictor)
         return self.super_resolve(crop, lm), lm
 
+    def compose(self, rgb: np.ndarray, boxes: Sequence[tuple[int, int, int, int]],
+                landmarks: Sequence[np.ndarray | None] | None = None, background: np.ndarray | None = None
+                ) -> tuple[np.ndarray, list[np.ndarray | None]]:
+        """Paste each face of ``rgb`` back super-resolved: the per-face loop of every whole-image path.
+
+        ``boxes``: square crops (x0, y0, x1, y1) in ``rgb`` pixels, may leave the image (edges are
+        replicated). ``landmarks``: one per box, normalised to its crop (None: no prior for that
+        face), or None to find them by this upscaler's route. ``background``: the (scale x) image
+        to paste into, in place (default: a bicubic upscale of ``rgb``). Faces whose side is over
+        :attr:`max_face_side` stay bicubic. Returns the image and, per box, the landmarks used
+        (None where there were none or the face stayed bicubic).
+        """
+        s = self.scale
+        h, w = rgb.shape[:2]
+        out = resize(rgb, (w * s, h * s)) if background is None else background
+        used: list[np.ndarray | None] = []
+        for k, (x0, y0, x1, y1) in enumerate(boxes):
+            side = x1 - x0
+            if side > self.max_face_side:
+                used.append(None)
+                continue
+            crop = crop_padded(rgb, (x0, y0, x1, y1))
+            if landmarks is None:
+                lm, _route = get_landmarks(crop, self.landmarks, self.detector, self.predictor)
+            else:
+                lm = landmarks[k]
+            paste(out, self.super_resolve(crop, lm), x0 * s, y0 * s, feather_mask(side * s, side * s))
+            used.append(lm)
+        return out, used
+
     def upscale_loaded(self, src: LoadedImage, aligned: bool = False) -> UpscaleResult:
         rgb, s = src.rgb, self.scale
         h, w = rgb.shape[:2]
@@ -174,25 +204,20 @@ class Upscaler:
             face = FaceResult((0, 0, w, h), None, None if lm is None else lm * [w, h, 1])
             return UpscaleResult(out, [face], s, self.model_name, self.trained, alpha, notes)
 
-        out = resize(rgb, (w * s, h * s))
-        boxes = self.detector.detect_faces(rgb)
-        if not boxes:
+        detections = self.detector.detect_faces(rgb)
+        if not detections:
             notes.append("no face found: the whole image was upscaled bicubically")
-        faces = []
-        for fb in boxes:
-            x0, y0, x1, y1 = fb.square(self.margin)
-            side = x1 - x0
-            if side > self.max_face_side:
-                notes.append(f"face at ({x0}, {y0}) is {side} px, over {self.max_face_side} px at x{s}: kept bicubic")
-                faces.append(FaceResult((x0, y0, x1, y1), fb, None))
-                continue
-            sr, lm = self.upscale_face(crop_padded(rgb, (x0, y0, x1, y1)))
-            paste(out, sr, x0 * s, y0 * s, feather_mask(side * s, side * s))
-            faces.append(FaceResult((x0, y0, x1, y1), fb, None if lm is None else lm * [side, side, 1] + [x0, y0, 0]))
+        boxes = [fb.square(self.margin) for fb in detections]
+        for x0, y0, x1, _ in boxes:
+            if x1 - x0 > self.max_face_side:
+                notes.append(f"face at ({x0}, {y0}) is {x1 - x0} px, over {self.max_face_side} px at x{s}: kept bicubic")
+        out, used = self.compose(rgb, boxes)
+        faces = [FaceResult(box, fb, None if lm is None else lm * [box[2] - box[0], box[2] - box[0], 1] + [box[0], box[1], 0])
+                 for box, fb, lm in zip(boxes, detections, used)]
         return UpscaleResult(out, faces, s, self.model_name, self.trained, alpha, notes)
 
 
-def upscale(image, scale: int | None = None, model: torch.nn.Module | str | None = None, aligned: bool = False,
+def upscale(image, scale: int | None = None, model: SRModel | str | None = None, aligned: bool = False,
             device: str | None = None, margin: float = 0.6) -> UpscaleResult:
     """Super-resolve every face in ``image`` (a path, PIL image or numpy array) and paste it back.
 

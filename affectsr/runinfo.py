@@ -6,10 +6,19 @@ import platform
 import shlex
 import sys
 from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version as _dist_version
 
 import torch
 
-__all__ = ["command_line", "machine", "now", "today"]
+__all__ = ["command_line", "machine", "now", "package_version", "today"]
+
+
+def package_version() -> str:
+    """The installed affectsr version (0.1.0 when running from a source tree that is not installed)."""
+    try:
+        return _dist_version("affectsr")
+    except PackageNotFoundError:
+        return "0.1.0"
 
 
 def machine() -> str:

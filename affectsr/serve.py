@@ -12,7 +12,6 @@ truth. Unticked, the upload *is* the LR input and there is no original to compar
 """
 from __future__ import annotations
 
-import argparse
 import errno
 import math
 import os
@@ -33,15 +32,21 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
+from .assets import default_face
+from .demo import side_by_side
+from .emotion import EmotionClassifier, load_emotion_classifier
+from .emotion.faces import classify_crops, fer_crop
+from .faces import crop_padded
 from .images import IMAGE_SUFFIXES, ImageReadError, LoadedImage, read_image, resize, save_image
+from .landmarks import FaceBox, LandmarkDetector
+from .models import PRESETS
+from .models.presets import default_model, weights_path
+from .pipeline import Upscaler
+from .types import SCALES
 
 if TYPE_CHECKING:
     import gradio
     from matplotlib.figure import Figure
-
-    from .emotion import EmotionClassifier
-    from .landmarks import FaceBox, LandmarkDetector
-    from .pipeline import Upscaler
 
 __all__ = [
     "GRADIO_HINT",
@@ -49,9 +54,7 @@ __all__ = [
     "ServeApp",
     "ServeConfig",
     "ServeResult",
-    "add_parser",
     "build_app",
-    "cmd_serve",
     "model_choices",
     "serve",
 ]
@@ -103,7 +106,7 @@ class ServeResult:
         """Grouped emotion-probability bars, one row per face (matplotlib, rendered as a PNG by Gradio)."""
         if not self.faces:
             return None
-        from matplotlib.figure import Figure  # no pyplot: no global figure state in a server
+        from matplotlib.figure import Figure  # lazy: matplotlib is slow to import; no pyplot: no global state in a server
 
         n = len(self.faces)
         fig = Figure(figsize=(7.5, 2.3 * n + 0.4), dpi=100, layout="constrained")
@@ -136,18 +139,13 @@ def model_choices() -> list[tuple[str, str]]:
     "Trained" is what ``list_models()`` calls it (a shipped weights file), read without ``list_models``,
     which builds every network to count parameters (seconds on a busy CPU).
     """
-    from .models import PRESETS
-    from .models.presets import weights_path
-
     out = [(f"{name} (x{cfg.scale})", name) for name, (cfg, _) in PRESETS.items() if weights_path(name) is not None]
-    out += [(f"bicubic (x{s})", f"{BICUBIC}-x{s}") for s in (4, 8)]
+    out += [(f"bicubic (x{s})", f"{BICUBIC}-x{s}") for s in SCALES]
     return out
 
 
 def parse_choice(choice: str) -> tuple[str | None, int]:
     """Menu value -> (preset name or None for bicubic, scale)."""
-    from .models import PRESETS
-
     if choice.startswith(f"{BICUBIC}-x") and choice[len(BICUBIC) + 2:] in ("4", "8"):
         return None, int(choice[len(BICUBIC) + 2:])
     if choice in PRESETS:
@@ -156,8 +154,6 @@ def parse_choice(choice: str) -> tuple[str | None, int]:
 
 
 def _scaled_box(fb: FaceBox, s: float) -> FaceBox:
-    from .landmarks import FaceBox
-
     return FaceBox(fb.x0 * s, fb.y0 * s, fb.x1 * s, fb.y1 * s, fb.score)
 
 
@@ -204,23 +200,17 @@ class ServeApp:
     @property
     def detector(self) -> LandmarkDetector:
         if self._detector is None:
-            from .landmarks import LandmarkDetector
-
             self._detector = LandmarkDetector()
         return self._detector
 
     @property
     def classifier(self) -> EmotionClassifier:
         if self._classifier is None:
-            from .emotion import load_emotion_classifier
-
             self._classifier = load_emotion_classifier(device="cpu")
         return self._classifier
 
     def upscaler(self, model: str, scale: int) -> Upscaler:
         """The Upscaler for (model, scale), built on first use; the least recently used beyond ``lru_size`` is dropped."""
-        from .pipeline import Upscaler
-
         key = (model, scale)
         if key in self._upscalers:
             self._upscalers.move_to_end(key)
@@ -240,8 +230,6 @@ class ServeApp:
 
     def example_path(self) -> Path:
         """The bundled face (NASA astronaut, public domain) as a PNG in the app's folder, for the Examples row."""
-        from .assets import default_face
-
         path = self.workdir / "astronaut-face-128.png"
         if not path.exists():
             save_image(path, default_face(128))
@@ -349,8 +337,6 @@ class ServeApp:
 
     def _emotions(self, columns: dict[str, np.ndarray], boxes: list, s: int) -> list[FaceProbabilities]:
         """FER probabilities of each face in every column, read from the same (scaled) box."""
-        from .emotion.faces import classify_crops, fer_crop
-
         boxes = sorted(boxes, key=lambda b: 0 if b is None else -(b.width * b.height))[: self.config.max_faces]
         boxes.sort(key=lambda b: 0 if b is None else b.x0)  # left to right, as on the picture
         probs = {}
@@ -363,9 +349,6 @@ class ServeApp:
 
     def _comparison(self, columns: dict[str, np.ndarray], boxes: list, s: int, sr_name: str, lw: int, lh: int) -> Image.Image:
         """Side-by-side panels of the whole image (aligned / no face) or of the largest face's square."""
-        from .demo import side_by_side
-        from .faces import crop_padded
-
         big = [b for b in boxes if b is not None]
         box = None
         if big:
@@ -395,7 +378,7 @@ class ServeApp:
 
     def run_ui(self, path: str | None, choice: str, simulate_lr: bool, aligned: bool):
         """The Gradio callback: (status, comparison, emotion plot, download); errors become a warning toast."""
-        import gradio as gr
+        gr = import_gradio()
 
         try:
             res = self.process(path, choice, simulate_lr, aligned)
@@ -413,8 +396,6 @@ class ServeApp:
         gr = import_gradio()
 
         choices = model_choices()
-        from .models.presets import default_model
-
         default = default_model(4)
         value = default if default in [v for _, v in choices] else choices[0][1]
         suffixes = sorted(IMAGE_SUFFIXES)
@@ -456,7 +437,7 @@ def import_gradio():
     """Gradio with analytics off (set before import: Gradio reads it at call time too); a clear error if missing."""
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     try:
-        import gradio
+        import gradio  # lazy: the optional [web] extra, and seconds to import
     except ImportError as e:
         raise ImportError(GRADIO_HINT) from e
     return gradio
@@ -494,38 +475,3 @@ def serve(port: int = 7860, host: str = "127.0.0.1", config: ServeConfig | None 
     if block:
         demo.block_thread()
     return demo
-
-
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("serve", help="a local web demo (Gradio): upload a photo, compare, download",
-                              description=__doc__.split("\n")[0])
-    p.add_argument("--port", type=int, default=7860, help="port to listen on (default 7860)")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 for the network)")
-    p.add_argument("--max-upload-mb", type=float, default=ServeConfig.max_upload_mb,
-                   help=f"largest upload accepted, in MB (default {ServeConfig.max_upload_mb:g})")
-    p.set_defaults(func=cmd_serve)
-    return p
-
-
-def cmd_serve(args: argparse.Namespace) -> int:
-    if not 0 < args.port < 65536:
-        print(f"error: --port {args.port}: must be 1..65535", file=sys.stderr)
-        return 2
-    if not args.max_upload_mb > 0:
-        print(f"error: --max-upload-mb {args.max_upload_mb:g}: must be positive", file=sys.stderr)
-        return 2
-    try:
-        import_gradio()
-    except ImportError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if (err := port_error(args.host, args.port)) is not None:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    try:
-        serve(args.port, args.host, ServeConfig(max_upload_mb=args.max_upload_mb))
-    except OSError as e:  # lost a race for the port, or the host does not resolve
-        print(f"error: cannot serve on {args.host}:{args.port}: {e.strerror or e}", file=sys.stderr)
-        return 2
-    return 0

@@ -16,10 +16,10 @@ Scale = Literal[4, 8]
 SCALES: tuple[int, ...] = (4, 8)
 """The scales models ship for and the command line offers (networks themselves may accept x2)."""
 
-LandmarkMode = Literal["detect", "predict", "auto"]
-LANDMARK_MODES: tuple[str, ...] = ("detect", "predict", "auto")
-"""How a face's LR landmarks are found at inference: MediaPipe on the LR crop, the learned predictor,
-or MediaPipe and else the predictor."""
+LandmarkMode = Literal["auto", "detect", "predict"]
+LANDMARK_MODES: tuple[str, ...] = ("auto", "detect", "predict")
+"""How a face's LR landmarks are found at inference: MediaPipe on the LR crop and else the learned
+predictor (auto), MediaPipe only (detect), or the predictor only (predict)."""
 
 LANDMARK_SOURCES: tuple[str, ...] = (*LANDMARK_MODES, "hr", "none")
 """What training and evaluation can feed the prior: an inference route, the HR crop's landmarks

@@ -76,8 +76,11 @@ def read_config(path: str | Path, kind: Kind) -> dict:
 def read_weights(path: str | Path, kind: Kind) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """(state dict with floating-point tensors as float32, metadata) of a ``kind`` weights file."""
     meta = read_metadata(path, kind)
-    state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
-    return state, meta
+    try:
+        tensors = load_file(str(path))
+    except SafetensorError as e:
+        raise ValueError(f"{path}: not a readable safetensors file ({' '.join(str(e).split())[:200]})") from e
+    return {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}, meta
 
 
 def write_weights(state: Mapping[str, torch.Tensor], path: str | Path, kind: Kind, config: dict,

@@ -5,5 +5,6 @@
   stored in a few ``.npz`` shards (resumable, parallel).
 - :mod:`affectsr.data.degrade`: bicubic (the paper's protocol) and seeded blind degradations.
 - :mod:`affectsr.data.dataset`: the shards in memory, with exact-resume sampling.
-- :mod:`affectsr.data.commands`: the ``prepare`` and ``train`` CLI sub-commands.
+
+The ``affectsr prepare`` command is :mod:`affectsr.commands.prepare`.
 """

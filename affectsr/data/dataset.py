@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .degrade import degrade, sample_rng
+from ..metrics import to_tensor
+from ..types import LANDMARK_SOURCES, check_landmark_mode
+from .degrade import degrade_batch
 
 __all__ = ["FaceCache", "Batch", "batch_indices", "make_batch", "LANDMARK_SOURCES"]
-
-LANDMARK_SOURCES = ("detect", "predict", "auto", "hr", "none")
 
 
 class FaceCache:
@@ -80,7 +80,8 @@ class FaceCache:
         return self.arrays[key]
 
     def landmarks(self, idx: np.ndarray, scale: int, source: str) -> np.ndarray | None:
-        """B x 478 x 3 landmarks normalised to the LR crop, by source; None for 'none'."""
+        """B x 478 x 3 landmarks normalised to the LR crop, by source (see ``LANDMARK_SOURCES``); None for 'none'."""
+        check_landmark_mode(source, LANDMARK_SOURCES)
         if source == "none":
             return None
         if source == "hr":
@@ -128,13 +129,11 @@ class Batch:
 
 def make_batch(cache: FaceCache, idx: np.ndarray, scale: int, degradation: str = "bicubic", seed: int = 0,
                epoch: int = 0, landmarks: str = "detect") -> Batch:
+    """Batch of cache rows ``idx``: HR, its LR (:func:`~affectsr.data.degrade.degrade_batch`) and the landmarks."""
     hr = cache.hr[idx]
-    lrs = [degrade(h, scale, degradation, sample_rng(seed, epoch, int(i)) if degradation != "bicubic" else None)
-           for h, i in zip(hr, idx)]
-    t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2).float().div_(255.0)  # noqa: E731
     lm = cache.landmarks(idx, scale, landmarks)
     return Batch(
-        lr=t(np.stack(lrs)), hr=t(hr),
+        lr=to_tensor(degrade_batch(hr, idx, scale, degradation, seed, epoch)), hr=to_tensor(hr),
         landmarks=None if lm is None else torch.from_numpy(np.ascontiguousarray(lm)).float(),
         lm_hr=torch.from_numpy(cache.lm_hr[idx]).float(),
         soft=torch.from_numpy(cache.soft[idx]).float(),

@@ -18,7 +18,7 @@ from PIL import Image, ImageFilter
 
 from affectsr.images import bicubic_down
 
-__all__ = ["DEGRADATIONS", "BlindConfig", "bicubic_down", "blind_down", "degrade", "sample_rng"]
+__all__ = ["DEGRADATIONS", "BlindConfig", "bicubic_down", "blind_down", "degrade", "degrade_batch", "sample_rng"]
 
 DEGRADATIONS = ("bicubic", "blind")
 
@@ -81,3 +81,14 @@ def degrade(hr: np.ndarray, scale: int, kind: str = "bicubic", rng: np.random.Ge
             raise ValueError("blind degradation needs a seeded numpy Generator (see sample_rng)")
         return blind_down(hr, scale, rng)
     raise ValueError(f"unknown degradation {kind!r}; choose from {DEGRADATIONS}")
+
+
+def degrade_batch(hr: np.ndarray, index: np.ndarray, scale: int, kind: str = "bicubic", seed: int = 0,
+                  epoch: int = 0) -> np.ndarray:
+    """N x h x w x 3 LR images of the N HR crops ``hr`` (cache rows ``index``), by :func:`degrade`.
+
+    Blind degradations draw from :func:`sample_rng` ``(seed, epoch, index)``, so a given cache row gets the
+    same degradation however it is batched, and a warped copy of it (the temporal pair) gets the same one.
+    """
+    return np.stack([degrade(h, scale, kind, sample_rng(seed, epoch, int(i)) if kind != "bicubic" else None)
+                     for h, i in zip(hr, index)])

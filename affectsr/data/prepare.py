@@ -36,14 +36,20 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+from tqdm import tqdm
 
 from affectsr.atomic import atomic_write
-from affectsr.images import iter_image_files
+from affectsr.emotion import load_emotion_classifier
+from affectsr.faces import crop_padded
+from affectsr.images import ImageReadError, bicubic_down, iter_image_files, read_image, resize
+from affectsr.landmarks import FaceBox, shared_detector
 
 __all__ = ["EMOTION_LABELS", "Record", "PrepareConfig", "discover", "hash_split", "process_image", "prepare",
            "load_index"]
 
 EMOTION_LABELS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+"""The label ids stored in the shards: part of the cache format, so spelled out here (FER2013's order, as EMOTIONS)."""
 FORMAT_VERSION = 1
 _SPLIT_WORDS = {"train": "train", "trainset": "train", "training": "train", "val": "val", "valid": "val",
                 "validation": "val", "test": "test", "testset": "test", "testing": "test"}
@@ -149,20 +155,9 @@ def discover(src: str | Path) -> tuple[list[Record], str]:
 
 # --- per-image work (runs in worker processes) ------------------------------------------------
 
-_DETECTOR = None
 
-
-def _detector():
-    global _DETECTOR
-    if _DETECTOR is None:
-        from affectsr.landmarks import LandmarkDetector
-
-        _DETECTOR = LandmarkDetector()
-    return _DETECTOR
-
-
-def _find_face(rgb: np.ndarray, pad_frac: float):
-    det = _detector()
+def _find_face(rgb: np.ndarray, pad_frac: float) -> FaceBox | None:
+    det = shared_detector()  # one per worker process
     boxes = det.detect_faces(rgb)
     if boxes:
         return max(boxes, key=lambda b: b.width * b.height * b.score)
@@ -174,19 +169,12 @@ def _find_face(rgb: np.ndarray, pad_frac: float):
     boxes = det.detect_faces(padded)
     if not boxes:
         return None
-    from affectsr.landmarks import FaceBox
-
     b = max(boxes, key=lambda b: b.width * b.height * b.score)
     return FaceBox(b.x0 - p, b.y0 - p, b.x1 - p, b.y1 - p, b.score)
 
 
 def process_image(rec: Record, cfg: PrepareConfig) -> dict:
     """One image -> {'hr', 'lm_hr', 'lm_lr{s}', 'box', 'src_side'} or {'skip': reason}."""
-    from affectsr.images import ImageReadError, read_image, resize
-    from affectsr.faces import crop_padded
-
-    from .degrade import bicubic_down
-
     try:
         rgb = read_image(rec.path).rgb
     except (ImageReadError, OSError) as e:
@@ -205,7 +193,7 @@ def process_image(rec: Record, cfg: PrepareConfig) -> dict:
         box = face.square(cfg.margin)
     side = box[2] - box[0]
     hr = resize(crop_padded(rgb, box), (cfg.size, cfg.size))
-    det = _detector()
+    det = shared_detector()
     crops = [hr] + [bicubic_down(hr, s) for s in cfg.lr_scales]
     lms, found = det.detect_landmarks(crops)
     out = {"hr": hr, "lm_hr": lms[0], "box": np.array(box, np.int32), "src_side": side, "note": note}
@@ -226,22 +214,11 @@ def _work(args):
 
 
 def _soft_labels(hr: np.ndarray) -> tuple[np.ndarray, str]:
-    """N x 7 float16 FER probabilities of the HR crops, or NaN (and '') when no classifier ships yet."""
+    """N x 7 float16 FER probabilities of the HR crops, or NaN (and '') when no classifier ships."""
     n = hr.shape[0]
     try:
-        import torch
-
-        from affectsr.emotion import load_emotion_classifier  # type: ignore[attr-defined]
-    except Exception:  # noqa: BLE001 - the emotion package may not exist yet
-        try:
-            import torch
-
-            from affectsr.emotion.classifier import load_emotion_classifier
-        except Exception:  # noqa: BLE001
-            return np.full((n, 7), np.nan, np.float16), ""
-    try:
         clf = load_emotion_classifier()
-    except Exception:  # noqa: BLE001 - no shipped weights yet
+    except (FileNotFoundError, ValueError):  # no classifier weights (a stripped install)
         return np.full((n, 7), np.nan, np.float16), ""
     x = torch.from_numpy(hr).permute(0, 3, 1, 2).float() / 255.0
     p = clf.predict_proba(x).numpy()
@@ -297,8 +274,6 @@ def _fill_soft(path: Path) -> bool:
 def prepare(src: str | Path, out: str | Path, cfg: PrepareConfig = PrepareConfig(), limit: int | None = None,
             progress: bool = True, log=print) -> dict:
     """Build (or resume) the cache; returns the summary that is also written to ``index.json``."""
-    from tqdm import tqdm
-
     t0 = time.time()
     src, out = Path(src), Path(out)
     out.mkdir(parents=True, exist_ok=True)

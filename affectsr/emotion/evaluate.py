@@ -1,5 +1,9 @@
 """Classifier accuracy and confusion matrices on the labelled splits, and the face sets the study uses.
 
+This measures the FER classifier itself against human labels (no SR model involved), which is a
+different job from :mod:`affectsr.evaluate` (SR outputs against their HR faces); both read faces
+through :func:`~affectsr.emotion.faces.classify_crops` and score with :mod:`affectsr.emotion.metrics`.
+
 Two kinds of dataset: *aligned* ones (FER2013, CK+48: 48 px face crops, used as they are) and
 *photos* (taiwanese_expr: 256 px head-and-shoulders shots) whose largest face is found with the
 MediaPipe detector, cropped with FER framing and resized to ``PHOTO_FACE_SIZE``.

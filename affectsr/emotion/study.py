@@ -25,6 +25,9 @@ import numpy as np
 import torch
 
 from affectsr.images import resize
+from affectsr.landmarks import LandmarkDetector
+from affectsr.models import WeightsNotFoundError, load_model
+from affectsr.plots import pyplot
 from affectsr.runinfo import machine, today
 
 from .classifier import EMOTIONS, EmotionClassifier
@@ -96,8 +99,6 @@ class SRModel:
 
 def load_sr_models(names: list[str], device: str = "cpu") -> tuple[list[SRModel], list[str]]:
     """The models that have trained weights, and one message per name skipped (untrained preset, bad path)."""
-    from affectsr.models import WeightsNotFoundError, load_model
-
     models, messages = [], []
     for name in names:
         try:
@@ -129,8 +130,6 @@ def run_study(classifier: EmotionClassifier, root: str | os.PathLike[str] | None
             faces = face_sets[dataset]
         else:
             if dataset in PHOTO_DATASETS and detector is None:
-                from affectsr.landmarks import LandmarkDetector
-
                 detector = LandmarkDetector()
             faces = load_face_set(dataset, split, root, detector=detector, limit=limit)
         if faces.skipped:
@@ -156,8 +155,6 @@ def run_study(classifier: EmotionClassifier, root: str | os.PathLike[str] | None
                 continue
             lr_faces = np.stack([resize(im, (m.in_size, m.in_size)) for im in faces.images])
             if detector is None:
-                from affectsr.landmarks import LandmarkDetector
-
                 detector = LandmarkDetector()
             landmarks, _ = detector.detect_landmarks(list(lr_faces))
             p = classify_crops(classifier, list(m.upscale(lr_faces, landmarks)))
@@ -199,11 +196,7 @@ def write_json(result: StudyResult, path: str | Path, meta: dict) -> Path:
 
 def plot_study(rows: list[StudyRow], path: str | Path, title: str = "") -> Path:
     """Accuracy and ECM against the LR side, one line per dataset and method; originals as dashed levels."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     datasets = list(dict.fromkeys(r.dataset for r in rows))
     colours = dict(zip(datasets, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))

@@ -21,7 +21,7 @@ import numpy as np
 
 from affectsr.images import ImageReadError, resize, to_rgb_uint8
 
-__all__ = ["NUM_LANDMARKS", "FaceBox", "LandmarkDetector"]
+__all__ = ["NUM_LANDMARKS", "FaceBox", "LandmarkDetector", "shared_detector"]
 
 NUM_LANDMARKS = 478  # MediaPipe face mesh with refined iris points
 
@@ -187,7 +187,7 @@ class LandmarkDetector:
     def _graph(self, name: str) -> Any:
         if name == "detection":
             if self._face_detection is None:
-                from mediapipe.python.solutions import face_detection
+                from mediapipe.python.solutions import face_detection  # lazy (module docstring)
 
                 with _native_stderr_silenced(self.quiet):
                     self._face_detection = face_detection.FaceDetection(
@@ -196,7 +196,7 @@ class LandmarkDetector:
                     )
             return self._face_detection
         if self._face_mesh is None:
-            from mediapipe.python.solutions import face_mesh
+            from mediapipe.python.solutions import face_mesh  # lazy (module docstring)
 
             with _native_stderr_silenced(self.quiet):
                 self._face_mesh = face_mesh.FaceMesh(
@@ -317,3 +317,20 @@ class LandmarkDetector:
             points[:, 1] = (points[:, 1] * side - pad_y) / height
             points[:, 2] *= side / width
         return points
+
+
+_SHARED: LandmarkDetector | None = None
+
+
+def shared_detector() -> LandmarkDetector:
+    """This process's one long-lived detector, for code that cannot hold one itself.
+
+    ``affectsr prepare`` runs images in spawned worker processes, and each worker needs its own
+    MediaPipe graphs (building them takes about a second); evaluation and reports reuse the same one.
+    Never closed explicitly: the graphs go with the process. Anything that can own a detector
+    (``Upscaler``, ``detect_emotions``, the web demo) should make and close its own instead.
+    """
+    global _SHARED
+    if _SHARED is None:
+        _SHARED = LandmarkDetector()
+    return _SHARED

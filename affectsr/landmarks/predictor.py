@@ -12,14 +12,12 @@ Routes (``landmarks=`` in :func:`get_landmarks`, and the proposed ``Upscaler(lan
 
 Weights: ``affectsr/weights/affectsr-x4-lite.landmarks.safetensors`` (trained on 32 px inputs)
 and ``affectsr-x8-lite.landmarks.safetensors`` (16 px); see :func:`default_predictor_path`.
-Train with ``python -m affectsr.landmarks.predictor train`` and report NME with ``... nme``.
+Train with ``affectsr train-predictor`` (:mod:`affectsr.train.predictor`) and report NME with
+``affectsr evaluate-predictor`` (:func:`affectsr.evaluate.predictor_nme`).
 """
 from __future__ import annotations
 
-import argparse
 import json
-import sys
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -29,11 +27,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..images import bicubic_down
+from ..types import check_landmark_mode
 from ..weights import read_weights, shipped, write_weights
 from .detector import NUM_LANDMARKS
 
 __all__ = ["PredictorConfig", "LandmarkPredictor", "load_predictor", "save_predictor", "predict_array",
-           "default_predictor_path", "get_landmarks", "nme", "train_predictor", "LEFT_EYE_OUTER", "RIGHT_EYE_OUTER"]
+           "default_predictor_path", "get_landmarks", "nme", "LEFT_EYE_OUTER", "RIGHT_EYE_OUTER"]
 
 RIGHT_EYE_OUTER, LEFT_EYE_OUTER = 33, 263  # outer eye corners in MediaPipe's indexing (inter-ocular distance)
 
@@ -129,8 +128,7 @@ def get_landmarks(crop: np.ndarray, mode: str = "auto", detector=None, predictor
     ``mode``: 'detect' (MediaPipe), 'predict' (the learned predictor), 'auto' (detect, else predict).
     Returns (None, 'none') when nothing is available.
     """
-    if mode not in ("detect", "predict", "auto"):
-        raise ValueError(f"landmarks mode must be detect, predict or auto, got {mode!r}")
+    check_landmark_mode(mode)
     if mode in ("detect", "auto") and detector is not None:
         lms, found = detector.detect_landmarks([crop])
         if found[0]:
@@ -146,104 +144,3 @@ def nme(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
     iod = np.linalg.norm(target[:, LEFT_EYE_OUTER, :2] - target[:, RIGHT_EYE_OUTER, :2], axis=1)
     err = np.linalg.norm(pred[..., :2] - target[..., :2], axis=2).mean(1)
     return err / np.maximum(iod, 1e-6)
-
-
-# --- training ----------------------------------------------------------------------------------------
-
-
-def train_predictor(data: list[str], scale: int, out: str | Path, steps: int = 1500, batch: int = 64, lr: float = 2e-3,
-                    seed: int = 0, width: int = 32, threads: int = 0, log=print) -> dict:
-    """Fit a predictor on the train split of prepared caches: LR (bicubic, x``scale``) -> HR-crop landmarks."""
-    from affectsr.data.dataset import FaceCache
-    from affectsr.data.degrade import bicubic_down
-
-    if threads:
-        torch.set_num_threads(threads)
-    torch.manual_seed(seed)
-    ds = FaceCache(data, split="train")
-    ok = np.isfinite(ds.lm_hr).all(axis=(1, 2))
-    hr, target = ds.hr[ok], ds.lm_hr[ok]
-    lr_imgs = np.stack([bicubic_down(h, scale) for h in hr])
-    x_all = torch.from_numpy(lr_imgs).permute(0, 3, 1, 2).float().div(255.0)
-    y_all = torch.from_numpy(target).float()
-    model = LandmarkPredictor(PredictorConfig(in_size=lr_imgs.shape[1], width=width))
-    model.mean_shape.copy_(y_all.mean(0))
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    g = torch.Generator().manual_seed(seed)
-    t0 = time.time()
-    model.train()
-    wz = torch.tensor([1.0, 1.0, 0.1])
-    for step in range(steps):
-        idx = torch.randint(0, len(x_all), (batch,), generator=g)
-        x, y = x_all[idx], y_all[idx]
-        # photometric jitter only: geometric augmentation would need the mesh's left/right index map
-        x = (x * (1 + 0.2 * (torch.rand(batch, 1, 1, 1, generator=g) - 0.5))
-             + 0.1 * (torch.rand(batch, 1, 1, 1, generator=g) - 0.5)).clamp(0, 1)
-        for pg in opt.param_groups:
-            pg["lr"] = lr * 0.5 * (1 + np.cos(np.pi * step / steps))
-        loss = ((model(x) - y).abs() * wz).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if (step + 1) % 100 == 0:
-            log(f"predictor x{scale} step {step + 1}/{steps} loss {loss.item():.5f} ({time.time() - t0:.0f} s)")
-    model.eval()
-    meta = {"scale": str(scale), "steps": str(steps), "seed": str(seed), "train_images": str(len(x_all)),
-            "train_seconds": f"{time.time() - t0:.0f}", "data": json.dumps([Path(d).name for d in data])}
-    save_predictor(model, out, meta)
-    return {"weights": str(out), "seconds": round(time.time() - t0, 1), "images": int(len(x_all))}
-
-
-def evaluate_nme(data: list[str], scale: int, predictor: str | Path, split: str = "test") -> dict:
-    """NME on ``split`` of detect (MediaPipe on the bicubic LR, cached by prepare) vs predict, against HR-crop landmarks."""
-    from affectsr.data.dataset import FaceCache
-
-    ds = FaceCache(data, split=split)
-    ok = np.isfinite(ds.lm_hr).all(axis=(1, 2))
-    target = ds.lm_hr[ok]
-    det = ds.lr_landmarks(scale)[ok]
-    found = np.isfinite(det).all(axis=(1, 2))
-    pred = predict_array(load_predictor(predictor), ds.hr[ok], scale)
-    e_det, e_pred = nme(det[found], target[found]), nme(pred, target)
-    auto = np.where(found[:, None, None], det, pred)
-    lr_side = ds.size // scale
-    return {"scale": scale, "lr_side": lr_side, "split": split, "faces": int(ok.sum()),
-            "detect_found": float(found.mean()), "nme_detect_on_found": float(e_det.mean()) if found.any() else None,
-            "nme_predict_on_found": float(e_pred[found].mean()) if found.any() else None,
-            "nme_predict_all": float(e_pred.mean()), "nme_auto_all": float(nme(auto, target).mean())}
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m affectsr.landmarks.predictor")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    t = sub.add_parser("train", help="train a predictor on prepared caches")
-    t.add_argument("--data", nargs="+", required=True)
-    t.add_argument("--scale", type=int, required=True)
-    t.add_argument("--out", required=True)
-    t.add_argument("--steps", type=int, default=1500)
-    t.add_argument("--batch", type=int, default=64)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--threads", type=int, default=0)
-    e = sub.add_parser("nme", help="NME of detect vs predict on a split")
-    e.add_argument("--data", nargs="+", required=True)
-    e.add_argument("--scale", type=int, required=True)
-    e.add_argument("--predictor", default="")
-    e.add_argument("--split", default="test")
-    e.add_argument("--json")
-    a = p.parse_args(argv)
-    if a.cmd == "train":
-        print(train_predictor(a.data, a.scale, a.out, a.steps, a.batch, seed=a.seed, threads=a.threads))
-        return 0
-    pred = a.predictor or default_predictor_path(a.scale)
-    if not pred:
-        print(f"error: no predictor for x{a.scale}; pass --predictor", file=sys.stderr)
-        return 2
-    r = evaluate_nme(a.data, a.scale, pred, a.split)
-    print(json.dumps(r, indent=2))
-    if a.json:
-        Path(a.json).write_text(json.dumps(r, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -22,253 +22,34 @@ Writes ``fairness.json`` (every table), ``fairness.md``, ``fairness.png`` (group
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
-import shlex
 import sys
 import warnings
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from .models import mediapipe_topology as topo
-from .runinfo import machine, now
+from ..assets import default_face
+from ..atomic import atomic_write
+from ..emotion import load_emotion_classifier
+from ..emotion.faces import classify_crops
+from ..evaluate import Face, load_faces, resolve_models, run_evaluation
+from ..images import save_image
+from ..landmarks import shared_detector
+from ..plots import pyplot
+from ..runinfo import machine, now
+from ..types import check_scale
+from .occluders import OCCLUSIONS, occlude
+from .stats import SMALL_GROUP, age_bin, group_metrics, versus, wilson_interval
 
-__all__ = ["AGE_BINS", "DEFAULT_DATASETS", "DEFAULT_GROUPS", "OCCLUSIONS", "SMALL_GROUP", "add_parser", "age_bin",
-           "default_models", "group_metrics", "occlude", "occluder_mask", "paired_difference", "run_report",
-           "wilson_interval"]
+__all__ = ["DEFAULT_DATASETS", "DEFAULT_GROUPS", "default_models", "run_report", "summary_lines"]
 
-OCCLUSIONS = ("none", "eyes_bar", "mouth_mask", "sunglasses")
 DEFAULT_DATASETS = ("utkface_aligned", "taiwanese_expr")
 DEFAULT_GROUPS = ("label", "gender", "race", "age", "performance")
-AGE_BINS = ((0, 2, "0-2"), (3, 9, "3-9"), (10, 19, "10-19"), (20, 39, "20-39"), (40, 59, "40-59"), (60, None, "60+"))
-SMALL_GROUP = 30
-"""Groups with fewer faces are flagged: their intervals are wide and ECM's histograms are noisy."""
-MISSING = "unknown"
-Z95 = 1.96
-
-# --- occluders -------------------------------------------------------------------------------------
-
-_RIGHT_EYE = sorted(set(topo.RIGHT_EYE))  # the subject's right eye: image left
-_LEFT_EYE = sorted(set(topo.LEFT_EYE))
-_OVAL = sorted(set(topo.FACE_OVAL))
-_MASK_TOP = 195  # nose bridge, about a third of the way from the eyes to the nose tip
-_NEEDED = sorted(set(_RIGHT_EYE) | set(_LEFT_EYE) | set(_OVAL) | {_MASK_TOP})
-
-# Fallback anchors (fractions of the crop side) for faces without landmarks: medians over 246
-# train-split crops of utkface_aligned and taiwanese_expr (the mask top: over 83 of them), cropped as
-# `prepare` crops them.
-_FALLBACK_EYE_R = (0.365, 0.395)
-_FALLBACK_EYE_L = (0.635, 0.395)
-_FALLBACK_MASK_TOP = (0.50, 0.47)
-_FALLBACK_OVAL = ((0.497, 0.507), (0.30, 0.315))  # ellipse centre, semi-axes
-
-_COLOURS = {"eyes_bar": (0, 0, 0), "mouth_mask": (200, 222, 235), "sunglasses": (22, 22, 28)}
-
-
-@dataclass(frozen=True)
-class _Anchors:
-    """Occluder geometry in pixels; ``u`` runs from the image-left eye to the image-right eye."""
-
-    eye_r: np.ndarray
-    eye_l: np.ndarray
-    mask_top: np.ndarray
-    oval: np.ndarray  # K x 2
-
-    @property
-    def iod(self) -> float:
-        return float(np.linalg.norm(self.eye_l - self.eye_r))
-
-    @property
-    def u(self) -> np.ndarray:
-        return (self.eye_l - self.eye_r) / max(self.iod, 1e-6)
-
-    @property
-    def v(self) -> np.ndarray:  # perpendicular, pointing down the face
-        u = self.u
-        return np.array([-u[1], u[0]])
-
-
-def _anchors(h: int, w: int, landmarks: np.ndarray | None) -> _Anchors:
-    scale = np.array([w, h], np.float64)
-    if landmarks is not None:
-        lm = np.asarray(landmarks, np.float64)
-        if lm.shape[0] > max(_NEEDED) and np.isfinite(lm[_NEEDED, :2]).all():
-            xy = lm[:, :2] * scale
-            return _Anchors(xy[_RIGHT_EYE].mean(0), xy[_LEFT_EYE].mean(0), xy[_MASK_TOP], xy[_OVAL])
-    t = np.linspace(0, 2 * np.pi, 72, endpoint=False)
-    (cx, cy), (ax, ay) = _FALLBACK_OVAL
-    oval = np.stack([cx + ax * np.cos(t), cy + ay * np.sin(t)], 1) * scale
-    return _Anchors(np.array(_FALLBACK_EYE_R) * scale, np.array(_FALLBACK_EYE_L) * scale,
-                    np.array(_FALLBACK_MASK_TOP) * scale, oval)
-
-
-def _rect(centre: np.ndarray, u: np.ndarray, v: np.ndarray, half_u: float, half_v: float) -> np.ndarray:
-    return np.array([centre - half_u * u - half_v * v, centre + half_u * u - half_v * v,
-                     centre + half_u * u + half_v * v, centre - half_u * u + half_v * v])
-
-
-def _ellipse(centre: np.ndarray, u: np.ndarray, v: np.ndarray, a: float, b: float, k: int = 48) -> np.ndarray:
-    t = np.linspace(0, 2 * np.pi, k, endpoint=False)
-    return centre + np.outer(a * np.cos(t), u) + np.outer(b * np.sin(t), v)
-
-
-def _polygons(kind: str, an: _Anchors) -> list[np.ndarray]:
-    """The occluder as polygons (pixel x, y); sizes are multiples of the inter-ocular distance."""
-    from scipy.spatial import ConvexHull
-
-    iod, u, v = an.iod, an.u, an.v
-    mid = (an.eye_r + an.eye_l) / 2
-    if kind == "eyes_bar":  # eye corners lie about 0.78 IOD from the midpoint; the bar reaches 1.0
-        return [_rect(mid, u, v, 1.0 * iod, 0.25 * iod)]
-    if kind == "sunglasses":
-        lenses = [_ellipse(c, u, v, 0.45 * iod, 0.33 * iod) for c in (an.eye_r, an.eye_l)]
-        return lenses + [_rect(mid - 0.1 * iod * v, u, v, 0.15 * iod, 0.04 * iod)]
-    if kind == "mouth_mask":  # the face outline below a line through the nose bridge, across the eye axis
-        d = (an.oval - an.mask_top) @ v
-        pts = an.oval - np.minimum(d, 0)[:, None] * v  # outline points above the line are moved onto it
-        return [pts[ConvexHull(pts).vertices]]
-    raise AssertionError(kind)
-
-
-def _check_kind(kind: str) -> None:
-    if kind not in OCCLUSIONS:
-        raise ValueError(f"occlusion {kind!r}: not one of {', '.join(OCCLUSIONS)}")
-
-
-def occluder_mask(shape: tuple[int, ...], kind: str, landmarks: np.ndarray | None = None) -> np.ndarray:
-    """H x W bool: the pixels ``occlude`` paints for ``kind`` on a face of ``shape`` (all False for 'none').
-
-    ``landmarks``: 478 x 3 MediaPipe landmarks normalised to the face, NaN rows when not found;
-    without usable landmarks the occluder sits at fixed fractions of an aligned crop.
-    """
-    from PIL import Image, ImageDraw
-
-    _check_kind(kind)
-    h, w = int(shape[0]), int(shape[1])
-    if kind == "none":
-        return np.zeros((h, w), bool)
-    polys = _polygons(kind, _anchors(h, w, landmarks))
-    img = Image.new("L", (w, h), 0)
-    draw = ImageDraw.Draw(img)
-    for p in polys:
-        draw.polygon([(float(x), float(y)) for x, y in p], fill=255)
-    return np.asarray(img) > 0
-
-
-def occlude(face: np.ndarray, kind: str, landmarks: np.ndarray | None = None) -> np.ndarray:
-    """A copy of ``face`` (H x W x 3 uint8) with a synthetic occluder painted on; deterministic.
-
-    Kinds: 'none', 'eyes_bar' (black bar over both eyes), 'mouth_mask' (light surgical-mask-like
-    polygon over nose and mouth), 'sunglasses' (dark ellipses over both eyes and a bridge).
-    """
-    _check_kind(kind)
-    face = np.asarray(face)
-    if face.ndim != 3 or face.shape[2] != 3 or face.dtype != np.uint8:
-        raise ValueError(f"face must be an H x W x 3 uint8 array, got {face.shape} {face.dtype}")
-    out = face.copy()
-    if kind != "none":
-        out[occluder_mask(face.shape, kind, landmarks)] = _COLOURS[kind]
-    return out
-
-
-# --- group statistics ------------------------------------------------------------------------------
-
-
-def age_bin(age: object) -> str:
-    """'0-2', '3-9', '10-19', '20-39', '40-59' or '60+' for an age in years; 'unknown' for anything else."""
-    try:
-        a = float(age)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return MISSING
-    if not math.isfinite(a) or a < 0:
-        return MISSING
-    a = math.floor(a)
-    for lo, hi, name in AGE_BINS:
-        if a >= lo and (hi is None or a <= hi):
-            return name
-    return MISSING
-
-
-def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval for k successes in n trials (stays inside [0, 1] and is sane at k = 0 or n)."""
-    if n <= 0:
-        return (math.nan, math.nan)
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (min(p, max(0.0, centre - half)), max(p, min(1.0, centre + half)))  # rounding must not exclude p
-
-
-def paired_difference(a: Sequence[int], b: Sequence[int], n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
-    """mean(a) - mean(b) for 0/1 outcomes on the same faces, with a 95 % paired bootstrap interval.
-
-    Paired (faces resampled together) because two models' agreements on one face are correlated;
-    two separate Wilson intervals overlapping says little about their difference. Fixed seed: same
-    inputs, same interval.
-    """
-    x = np.asarray(a, np.float64) - np.asarray(b, np.float64)
-    if x.ndim != 1 or x.size == 0:
-        raise ValueError("paired_difference needs two equally long, non-empty sequences")
-    idx = np.random.default_rng(seed).integers(0, x.size, (n_boot, x.size))
-    boots = x[idx].mean(1)
-    lo, hi = np.percentile(boots, [2.5, 97.5])
-    return float(x.mean()), float(lo), float(hi)
-
-
-_RATES = (("agree", "agreement"), ("agree_clean", "agreement_clean"), ("correct", "accuracy"))
-_ORDER = {name: i for i, name in enumerate([b[2] for b in AGE_BINS] + list(OCCLUSIONS))}
-
-
-def _group_key(g: str) -> tuple:
-    """Age bins and occlusions in their natural order, other groups alphabetically, 'unknown' last."""
-    return (g == MISSING, _ORDER.get(g, len(_ORDER)), g)
-
-
-def group_metrics(rows: Iterable[dict], column: str, by: Sequence[str] = ("model",),
-                  min_n: int = SMALL_GROUP) -> list[dict]:
-    """One dict per (``by`` values, value of ``column``): counts, rates with 95 % Wilson intervals, ECM.
-
-    Rows are per-face dicts. Rates are means of the 0/1 columns ``agree`` -> ``agreement``,
-    ``agree_clean`` -> ``agreement_clean`` and ``correct`` -> ``accuracy`` (None/'' entries are left
-    out; ``<rate>_n`` says how many counted). ``ecm`` needs ``p_hr`` and ``p_sr`` probability rows;
-    ``psnr`` is a plain mean. An empty ``column`` value counts as 'unknown'. ``small`` flags n < min_n.
-    """
-    from .emotion import ecm
-
-    buckets: dict[tuple, list[dict]] = {}
-    for r in rows:
-        g = r.get(column)
-        key = tuple(r[b] for b in by) + (MISSING if g is None or g == "" else str(g),)
-        buckets.setdefault(key, []).append(r)
-    heads = list(dict.fromkeys(k[:-1] for k in buckets))  # first-seen order of the `by` values
-    out = []
-    for head in heads:
-        for key in sorted((k for k in buckets if k[:-1] == head), key=lambda k: _group_key(k[-1])):
-            rs = buckets[key]
-            e: dict = {**dict(zip(by, head)), "column": column, "group": key[-1], "n": len(rs), "small": len(rs) < min_n}
-            for src, name in _RATES:
-                vals = [int(r[src]) for r in rs if r.get(src) is not None and r.get(src) != ""]
-                k = sum(vals)
-                e[name] = k / len(vals) if vals else None
-                e[f"{name}_ci"] = list(wilson_interval(k, len(vals))) if vals else None
-                e[f"{name}_n"] = len(vals)
-            if rs and all(r.get("p_hr") is not None and r.get("p_sr") is not None for r in rs):
-                e["ecm"] = float(ecm(np.stack([r["p_hr"] for r in rs]), np.stack([r["p_sr"] for r in rs])))
-            else:
-                e["ecm"] = None
-            ps = [float(r["psnr"]) for r in rs if r.get("psnr") not in (None, "")]
-            e["psnr"] = float(np.mean(ps)) if ps else None
-            out.append(e)
-    return out
-
-
-# --- the report ------------------------------------------------------------------------------------
 
 
 def default_models(scale: int) -> list[str]:
@@ -277,10 +58,6 @@ def default_models(scale: int) -> list[str]:
 
 def _resolve(specs: Sequence[str], scale: int, device: str) -> tuple[dict, dict]:
     """``name`` or ``name=path.safetensors`` -> ({name: model or None}, {name: why skipped})."""
-    import torch
-
-    from .evaluate import resolve_models
-
     models, skipped = {}, {}
     for spec in specs:
         name, _, src = spec.partition("=")
@@ -318,9 +95,6 @@ def _evaluate_dataset(path: Path, models: dict, scale: int, occlusions: Sequence
                       split: str, limit: int | None, landmarks: str, device: str, clf, classifier: str | None,
                       progress: bool) -> tuple[list[dict], dict]:
     """Per-face rows (every occlusion x model) and a description of the dataset run."""
-    from .emotion.faces import classify_crops
-    from .evaluate import Face, load_faces, run_evaluation
-
     faces, info = load_faces(path, scale, split, limit, progress=progress)
     if not faces:
         raise ValueError(f"{path}: no face found in {info['inputs']} image(s) of split {info['split']!r}")
@@ -386,14 +160,11 @@ def run_report(data_root: str | Path, out_dir: str | Path, models: Sequence[str]
     rrdb-x<scale>-lite); models without weights are skipped and listed. Raises ValueError /
     FileNotFoundError with a one-line message on bad input. Returns the ``fairness.json`` content.
     """
-    from .emotion import load_emotion_classifier
-
     root, out = Path(data_root), Path(out_dir)
     bad = [o for o in occlusions if o not in OCCLUSIONS]
     if bad or not occlusions:
         raise ValueError(f"--occlusions: {', '.join(bad) or 'none given'}: choose from {', '.join(OCCLUSIONS)}")
-    if scale not in (4, 8):
-        raise ValueError(f"--scale {scale}: must be 4 or 8")
+    check_scale(scale)
     if limit is not None and limit < 1:
         raise ValueError("--limit must be at least 1")
     if not datasets:
@@ -434,33 +205,12 @@ def run_report(data_root: str | Path, out_dir: str | Path, models: Sequence[str]
             "by_group": {c: group_metrics(base, c) for c in d["groups"]},
             "by_group_and_occlusion": {c: group_metrics(rs, c, by=("occlusion", "model")) for c in d["groups"]},
             "by_occlusion": group_metrics(rs, "occlusion"),
-            "vs_reference": _versus(rs, list(nets), "occlusion"),
-            "vs_reference_by_group": {c: _versus(base, list(nets), c) for c in d["groups"]},
+            "vs_reference": versus(rs, list(nets), "occlusion"),
+            "vs_reference_by_group": {c: versus(base, list(nets), c) for c in d["groups"]},
         }
     out.mkdir(parents=True, exist_ok=True)
     _write(out, report, rows)
     return report
-
-
-def _versus(rows: list[dict], models: list[str], column: str) -> list[dict]:
-    """Per value of ``column``: each model minus the reference (bicubic if evaluated, else the first
-    model) in agreement, with paired bootstrap intervals over the same faces."""
-    if len(models) < 2:
-        return []
-    ref = "bicubic" if "bicubic" in models else models[0]
-    groups = sorted({str(r.get(column) or MISSING) for r in rows}, key=_group_key)
-    out = []
-    for g in groups:
-        by_model = {m: [r for r in rows if str(r.get(column) or MISSING) == g and r["model"] == m] for m in models}
-        for m in models:
-            if m == ref or not by_model[m]:
-                continue
-            e = {"column": column, "group": g, "model": m, "reference": ref, "n": len(by_model[m])}
-            for src, name in _RATES[:2]:
-                d, lo, hi = paired_difference([r[src] for r in by_model[m]], [r[src] for r in by_model[ref]])
-                e[f"{name}_diff"], e[f"{name}_diff_ci"] = d, [lo, hi]
-            out.append(e)
-    return out
 
 
 # --- outputs ---------------------------------------------------------------------------------------
@@ -560,13 +310,7 @@ def _markdown(report: dict) -> str:
 
 def _plot(report: dict, path: Path) -> None:
     """Grouped bars: per dataset a row of agreement and a row of ECM, panels per group column + occlusion."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .atomic import atomic_write
-
+    plt = pyplot()
     models = report["models"]
     panels = [(ds, c, d["by_group"][c]) for ds, d in report["datasets"].items() for c in d["groups"]]
     panels += [(ds, "occlusion", d["by_occlusion"]) for ds, d in report["datasets"].items()]
@@ -611,19 +355,13 @@ def _plot(report: dict, path: Path) -> None:
 
 def _examples(path: Path, occlusions: Sequence[str]) -> None:
     """The occluders on the bundled public-domain face (dataset faces must not be redistributed)."""
-    from .assets import default_face
-    from .data.prepare import _detector
-    from .images import save_image
-
     face = default_face(128)
-    lms, found = _detector().detect_landmarks([face])
+    lms, found = shared_detector().detect_landmarks([face])
     strip = np.concatenate([occlude(face, o, lms[0] if found[0] else None) for o in occlusions], axis=1)
     save_image(path, strip, overwrite=True)
 
 
 def _write(out: Path, report: dict, rows: list[dict]) -> None:
-    from .atomic import atomic_write
-
     cols = list(dict.fromkeys(_CSV_FIELDS[:4] + tuple(c for d in report["datasets"].values() for c in d["groups"])
                               + _CSV_FIELDS[4:]))
 
@@ -642,78 +380,12 @@ def _write(out: Path, report: dict, rows: list[dict]) -> None:
     _examples(out / "occlusions.png", report["occlusions"])
 
 
-# --- command line ----------------------------------------------------------------------------------
-
-
-def _split_list(s: str | None) -> list[str]:
-    return [x.strip() for x in (s or "").split(",") if x.strip()]
-
-
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    f = subparsers.add_parser("fairness", help="ECM and FER agreement per demographic group and under synthetic "
-                              "occlusions, per model", description=__doc__.split("\n")[0])
-    f.add_argument("--data-root", default="../shared/data", help="folder holding the datasets (default ../shared/data)")
-    f.add_argument("--datasets", default=",".join(DEFAULT_DATASETS),
-                   help=f"comma-separated sub-folders of --data-root (default {','.join(DEFAULT_DATASETS)})")
-    f.add_argument("--models", default=None, help="comma-separated: bicubic, presets, .safetensors paths or "
-                   "name=path.safetensors (default bicubic,affectsr-x<scale>-lite,rrdb-x<scale>-lite)")
-    f.add_argument("--scale", type=int, choices=(4, 8), default=4)
-    f.add_argument("--occlusions", default=",".join(OCCLUSIONS), help=f"comma-separated, from {','.join(OCCLUSIONS)}")
-    f.add_argument("--groups", default=",".join(DEFAULT_GROUPS),
-                   help="labels.csv columns to break down by, where present ('age' is binned; 'label' = emotion)")
-    f.add_argument("--split", default="test", help="split to use (default test)")
-    f.add_argument("--limit", type=int, default=None, help="at most this many images per dataset (the first N of the split by path)")
-    f.add_argument("--landmarks", choices=("auto", "detect", "predict", "none"), default="auto",
-                   help="LR landmarks for the models' prior (as in evaluate)")
-    f.add_argument("--classifier", default=None, help="FER classifier (default: the shipped default)")
-    f.add_argument("--device", default="cpu")
-    f.add_argument("--out", required=True, help="output folder (must be empty or new unless --overwrite)")
-    f.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
-    f.add_argument("-q", "--quiet", action="store_true", help="no progress output")
-    f.set_defaults(func=cmd_fairness)
-    return f
-
-
-def _command(args: argparse.Namespace) -> str:
-    a = ["--data-root", str(args.data_root), "--datasets", args.datasets, "--scale", str(args.scale),
-         "--occlusions", args.occlusions, "--out", str(args.out)]
-    if args.models:
-        a += ["--models", args.models]
-    if args.groups != ",".join(DEFAULT_GROUPS):
-        a += ["--groups", args.groups]
-    if args.split != "test":
-        a += ["--split", args.split]
-    if args.limit is not None:
-        a += ["--limit", str(args.limit)]
-    if args.landmarks != "auto":
-        a += ["--landmarks", args.landmarks]
-    if args.classifier:
-        a += ["--classifier", args.classifier]
-    return "affectsr fairness " + " ".join(shlex.quote(x) for x in a)
-
-
-def cmd_fairness(args: argparse.Namespace) -> int:
-    import torch
-
-    try:
-        torch.device(args.device)
-    except RuntimeError:
-        print(f"error: --device {args.device}: not a device", file=sys.stderr)
-        return 2
-    try:
-        report = run_report(args.data_root, args.out, _split_list(args.models) or None, args.scale, args.limit,
-                            _split_list(args.occlusions), _split_list(args.datasets), _split_list(args.groups),
-                            args.split, args.landmarks, args.device, args.classifier, progress=not args.quiet,
-                            overwrite=args.overwrite, command=_command(args))
-    except (FileNotFoundError, ValueError, KeyError) as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
+def summary_lines(report: dict) -> list[str]:
+    """What ``affectsr fairness`` prints: per dataset, agreement with HR per occlusion and model."""
+    lines = []
     for name, d in report["datasets"].items():
-        print(f"{name}: {d['faces']} faces; agreement with HR % per occlusion:")
+        lines.append(f"{name}: {d['faces']} faces; agreement with HR % per occlusion:")
         for e in d["by_occlusion"]:
-            print(f"  {e['group']:<11} {e['model']:<20} "
-                  f"{_pct(e['agreement'], e['agreement_ci'])}  vs clean {_pct(e['agreement_clean'])}  ECM {_num(e['ecm'])}")
-    for name, why in report["skipped_models"].items():
-        print(f"skipped {name}: {why}")
-    print(f"wrote {args.out}/fairness.json, fairness.md, fairness.png, occlusions.png, per_image.csv")
-    return 0
+            lines.append(f"  {e['group']:<11} {e['model']:<20} "
+                         f"{_pct(e['agreement'], e['agreement_ci'])}  vs clean {_pct(e['agreement_clean'])}  ECM {_num(e['ecm'])}")
+    return lines

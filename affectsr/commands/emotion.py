@@ -1,13 +1,31 @@
-"""CLI: ``affectsr emotion IMAGE...`` and ``affectsr study-resolution``; wired in by ``add_parsers(subparsers)``."""
+"""``affectsr emotion IMAGE...`` (each face's expression) and ``affectsr study-resolution`` (the resolution study)."""
 from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 from pathlib import Path
 
-__all__ = ["add_parsers", "cmd_emotion", "cmd_study_resolution"]
+from ..assets import default_scene
+from ..emotion.classifier import DEFAULT_CLASSIFIER, load_emotion_classifier
+from ..emotion.data import DatasetNotFoundError, resolve_data_root
+from ..emotion.faces import FER_MARGIN, detect_emotions
+from ..emotion.study import (
+    STUDY_DATASETS,
+    STUDY_SIZES,
+    load_sr_models,
+    plot_study,
+    run_study,
+    study_meta,
+    to_markdown,
+    write_csv,
+    write_json,
+)
+from ..images import ImageReadError, iter_image_files
+from ..landmarks import LandmarkDetector
+from .common import recorded_command
+
+__all__ = ["add_parser", "run_emotion", "run_study_resolution"]
 
 
 def _sizes(text: str) -> tuple[int, ...]:
@@ -20,14 +38,8 @@ def _sizes(text: str) -> tuple[int, ...]:
     return sizes
 
 
-def cmd_emotion(args: argparse.Namespace) -> int:
+def run_emotion(args: argparse.Namespace) -> int:
     """Print each face's expression (or JSON); exit 1 if an input could not be read, 2 on bad arguments."""
-    from affectsr.images import ImageReadError, iter_image_files
-    from affectsr.landmarks import LandmarkDetector
-
-    from .classifier import load_emotion_classifier
-    from .faces import detect_emotions
-
     try:
         classifier = load_emotion_classifier(args.classifier, device=args.device)
     except (FileNotFoundError, ValueError) as e:
@@ -36,8 +48,6 @@ def cmd_emotion(args: argparse.Namespace) -> int:
     files: list = []
     errors: list[str] = []
     if not args.inputs:  # like `affectsr demo`: something to try with no files at hand
-        from affectsr.assets import default_scene
-
         print("no IMAGE given: reading the bundled astronaut photo (NASA, public domain)", file=sys.stderr)
         files.append(("<bundled astronaut photo>", default_scene()))
     for item in args.inputs:
@@ -78,20 +88,8 @@ def cmd_emotion(args: argparse.Namespace) -> int:
     return 1 if errors else 0
 
 
-def cmd_study_resolution(args: argparse.Namespace) -> int:
+def run_study_resolution(args: argparse.Namespace) -> int:
     """Run the study, write CSV + JSON + PNG into --out and print the table; exit 2 when data is missing."""
-    from .classifier import load_emotion_classifier
-    from .data import DatasetNotFoundError, resolve_data_root
-    from .study import (
-        load_sr_models,
-        plot_study,
-        run_study,
-        study_meta,
-        to_markdown,
-        write_csv,
-        write_json,
-    )
-
     try:
         root = resolve_data_root(args.data)
         classifier = load_emotion_classifier(args.classifier, device=args.device)
@@ -110,8 +108,7 @@ def cmd_study_resolution(args: argparse.Namespace) -> int:
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    command = "affectsr " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "affectsr study-resolution"
-    meta = study_meta(classifier, command)
+    meta = study_meta(classifier, recorded_command(args))
     meta["skipped_models"] = messages
     stem = args.name
     csv_path = write_csv(result.rows, out / f"{stem}.csv")
@@ -125,12 +122,8 @@ def cmd_study_resolution(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parsers(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``emotion`` and ``study-resolution`` on the main CLI's subparsers."""
-    from .classifier import DEFAULT_CLASSIFIER
-    from .faces import FER_MARGIN
-    from .study import STUDY_DATASETS, STUDY_SIZES
-
+def add_parser(subparsers) -> None:
+    """Register ``emotion`` and ``study-resolution``."""
     e = subparsers.add_parser("emotion", help="find faces and print each one's expression and class probabilities")
     e.add_argument("inputs", nargs="*", metavar="IMAGE",
                    help="image files and/or folders (searched recursively); none: the bundled astronaut photo")
@@ -140,7 +133,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
                    help=f"square crop side = detector box x (1 + margin) (default {FER_MARGIN}, FER2013 framing)")
     e.add_argument("--classifier", default=DEFAULT_CLASSIFIER, help=f"shipped name or .safetensors path (default {DEFAULT_CLASSIFIER})")
     e.add_argument("--device", default="cpu")
-    e.set_defaults(func=cmd_emotion)
+    e.set_defaults(func=run_emotion)
 
     s = subparsers.add_parser("study-resolution",
                               help="FER accuracy and ECM on labelled test faces: originals vs bicubic from 64/32/24/16 px (and SR models)")
@@ -157,4 +150,4 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--classifier", default=DEFAULT_CLASSIFIER)
     s.add_argument("--device", default="cpu")
     s.add_argument("-q", "--quiet", action="store_true")
-    s.set_defaults(func=cmd_study_resolution)
+    s.set_defaults(func=run_study_resolution)

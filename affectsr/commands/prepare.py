@@ -1,23 +1,15 @@
-"""``affectsr prepare`` and ``affectsr train`` sub-commands.
-
-cli.py registers them with one line in its parser set-up::
-
-    from .data.commands import add_parsers; add_parsers(sub)
-
-Each sub-parser sets ``func`` to a function that takes the argparse Namespace and returns an
-exit code.
-"""
+"""``affectsr prepare SRC --out CACHE``: a folder of faces -> a sharded training cache."""
 from __future__ import annotations
 
 import argparse
 import sys
 
-__all__ = ["add_parsers", "cmd_prepare", "cmd_train"]
+from ..data.prepare import PrepareConfig, prepare
+
+__all__ = ["add_parser", "run"]
 
 
-def cmd_prepare(args: argparse.Namespace) -> int:
-    from .prepare import PrepareConfig, prepare
-
+def run(args: argparse.Namespace) -> int:
     cfg = PrepareConfig(size=args.size, margin=args.margin, lr_scales=tuple(args.lr_scales), shard_size=args.shard_size,
                         workers=args.workers, no_face=args.no_face)
     if any(args.size % s for s in cfg.lr_scales):
@@ -31,16 +23,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from affectsr.train import cmd_train as run
-
-    return run(args)
-
-
-def add_parsers(subparsers) -> None:
-    """Register ``prepare`` and ``train`` on an argparse sub-parsers object."""
-    from affectsr.train import add_train_arguments
-
+def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "prepare", help="build a sharded training cache from a folder of face images",
         description="Face crops at the HR size, landmarks on the HR and LR crops, FER soft labels, labels and "
@@ -58,23 +41,4 @@ def add_parsers(subparsers) -> None:
                    help="images where no face is found: skip them (default) or use the centre square; both are listed")
     p.add_argument("--limit", type=int, help="only the first N images (by path)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_prepare)
-
-    t = subparsers.add_parser(
-        "train", help="train AffectSRNet on prepared caches (KEY=VALUE overrides)",
-        description="Train or resume (out/last.pt) a model. Config: affectsr.train.TrainConfig; override any field "
-                    "as KEY=VALUE. Multi-GPU: torchrun --nproc_per_node N -m affectsr.train train KEY=VALUE ...")
-    add_train_arguments(t)
-    t.set_defaults(func=cmd_train)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m affectsr.data.commands prepare|train ...`` (the same as ``affectsr prepare|train``)."""
-    p = argparse.ArgumentParser(prog="python -m affectsr.data.commands")
-    add_parsers(p.add_subparsers(dest="command", required=True))
-    args = p.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    p.set_defaults(func=run)
