@@ -88,10 +88,9 @@ def run_info(run_dir: Path) -> dict:
                     model=c.get("model"), model_args=c.get("model_args", ""), lr=c.get("lr"))
     w = run_dir / "ema.safetensors"
     if w.is_file():
-        from safetensors import safe_open
+        from affectsr.weights import read_metadata
 
-        with safe_open(str(w), framework="pt") as f:
-            meta = f.metadata() or {}
+        meta = read_metadata(w, "sr")
         info.update(steps=int(meta.get("steps", 0)), seconds=float(meta.get("train_seconds", "nan")),
                     machine=meta.get("machine", ""))
         import torch

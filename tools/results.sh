@@ -8,7 +8,7 @@ PY=${PY:-python}
 DATA=${DATA:-../shared/data}
 DEVICE=${DEVICE:-cpu}
 for set in utkface_aligned taiwanese_expr; do
-  [ -f .data/cache/$set/index.json ] || $PY -m affectsr.data.commands prepare "$DATA/$set" --out .data/cache/$set --quiet
+  [ -f .data/cache/$set/index.json ] || $PY -m affectsr prepare "$DATA/$set" --out .data/cache/$set --quiet
 done
 ROWS="ours no-gcn concat no-emotion-loss pooled-prior rrdb srcnn fsrnet dic ours-residual"
 for s in 4 8; do

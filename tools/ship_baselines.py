@@ -18,8 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from affectsr.atomic import atomic_write  # noqa: E402
-from affectsr.models import count_params, load_model, save_weights  # noqa: E402
-from affectsr.models.presets import PRESETS, WEIGHTS_DIR  # noqa: E402
+from affectsr.models import PRESETS, count_params, load_model, save_weights  # noqa: E402
+from affectsr.weights import WEIGHTS_DIR, read_metadata  # noqa: E402
 
 ROWS = {"rrdb": "rrdb-x{s}-lite", "srcnn": "srcnn-x{s}", "fsrnet": "fsrnet-x{s}", "dic": "dic-x{s}"}
 WHAT = {
@@ -61,7 +61,7 @@ schedule). Use `affectsr-x{scale}-lite` for upscaling.
   {cfg['lambda_emo']}.
 - Machine: {meta.get('machine', '?')}; wall time {float(meta.get('train_seconds', 'nan')) / 60:.0f} min on a CPU
   shared with other jobs (not a speed figure).
-- Command: `tools/train_comparison.sh {scale} {row}` (= `python -m affectsr.train train model={cfg['model']} ...`, see
+- Command: `tools/train_comparison.sh {scale} {row}` (= `python -m affectsr train model={cfg['model']} ...`, see
   `.data/runs/compare-x{scale}/{row}/config.json` after a run).
 
 ## Test results
@@ -85,8 +85,6 @@ def main() -> int:
     ap.add_argument("--runs", default=".data/runs/compare-x{s}")
     ap.add_argument("--eval", default=".data/eval/compare-x{s}")
     args = ap.parse_args()
-    from safetensors import safe_open
-
     for s in (int(x) for x in args.scales.split(",")):
         summary = json.loads((Path(args.eval.format(s=s)) / "summary.json").read_text())
         run_json = json.loads((Path(args.eval.format(s=s)) / "run.json").read_text())
@@ -96,8 +94,7 @@ def main() -> int:
             if preset not in PRESETS or row not in summary or not (run / "ema.safetensors").is_file():
                 print(f"skip {preset}: no run or no evaluation")
                 continue
-            with safe_open(str(run / "ema.safetensors"), framework="pt") as f:
-                meta = f.metadata() or {}
+            meta = read_metadata(run / "ema.safetensors", "sr")
             net = load_model(str(run / "ema.safetensors"))
             keep = {k: meta[k] for k in ("steps", "seed", "train_seconds", "machine", "train_config") if k in meta}
             save_weights(net, WEIGHTS_DIR / f"{preset}.safetensors", half=True, metadata=keep)

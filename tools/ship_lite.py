@@ -6,8 +6,8 @@
 Writes ``affectsr/weights/<preset>.safetensors`` (fp16 EMA weights, training facts in the metadata),
 ``affectsr/weights/<preset>.landmarks.safetensors`` (the LR landmark predictor), the model card
 ``affectsr/weights/<preset>.md``, ``docs/training/<preset>-eval.json`` and ``docs/training/<preset>-curves.png``.
-Every number in the card comes from ``python -m affectsr.train evaluate`` / ``python -m
-affectsr.landmarks.predictor nme`` on the same files, which the card lists so anyone can re-run them.
+Every number in the card comes from ``python -m affectsr evaluate-cache`` / ``python -m affectsr
+evaluate-predictor`` on the same files, which the card lists so anyone can re-run them.
 Refuses to ship a model that does not beat bicubic in PSNR on the test split (``--force`` overrides).
 """
 from __future__ import annotations
@@ -23,10 +23,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from affectsr.landmarks.predictor import evaluate_nme  # noqa: E402
-from affectsr.models import load_model, save_weights  # noqa: E402
-from affectsr.models.presets import PRESETS, WEIGHTS_DIR  # noqa: E402
-from affectsr.train import evaluate, format_eval  # noqa: E402
+from affectsr.evaluate import evaluate_cache, format_cache_eval, predictor_nme  # noqa: E402
+from affectsr.models import PRESETS, load_model, save_weights  # noqa: E402
+from affectsr.weights import WEIGHTS_DIR, read_metadata  # noqa: E402
 
 CACHES = {"utkface_aligned": ".data/cache/utkface_aligned", "taiwanese_expr": ".data/cache/taiwanese_expr"}
 
@@ -41,10 +40,7 @@ def main() -> int:
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     run = Path(a.run)
-    from safetensors import safe_open
-
-    with safe_open(str(run / "ema.safetensors"), framework="pt") as f:
-        meta = f.metadata()
+    meta = read_metadata(run / "ema.safetensors", "sr")
     cfg = json.loads(meta["train_config"])
     dst = WEIGHTS_DIR / f"{a.preset}.safetensors"
     staged = run / f"{a.preset}.fp16.safetensors"
@@ -55,12 +51,12 @@ def main() -> int:
     data = list(CACHES.values())
     results = {"all": {}, "per_dataset": {}}
     for lm in ("detect", "auto"):
-        results["all"][lm] = evaluate(str(staged), data, "test", lm, a.predictor, classifier="fer-mini-xception")
+        results["all"][lm] = evaluate_cache(str(staged), data, "test", lm, a.predictor, classifier="fer-mini-xception")
     for name, r in results["all"]["auto"]["per_source"].items():
         results["per_dataset"][name] = {**results["all"]["auto"], **r, "data": [CACHES.get(name, name)]}
-    results["nme"] = evaluate_nme(data, scale, a.predictor, "test")
+    results["nme"] = predictor_nme(data, scale, a.predictor, "test")
     main_r = results["all"]["auto"]
-    print(format_eval(main_r))
+    print(format_cache_eval(main_r))
     if main_r["model"]["psnr"] <= main_r["bicubic"]["psnr"] and not a.force:
         print(f"NOT shipped: {main_r['model']['psnr']:.2f} dB does not beat bicubic {main_r['bicubic']['psnr']:.2f} dB")
         return 1
@@ -82,7 +78,7 @@ def main() -> int:
 
 
 def _table(r: dict) -> str:
-    return "\n".join(format_eval(r).splitlines()[1:])
+    return "\n".join(format_cache_eval(r).splitlines()[1:])
 
 
 def card(preset: str, meta: dict, cfg: dict, res: dict, predictor: str) -> str:
@@ -115,12 +111,12 @@ still wait for a GPU run.
 - Adam (betas {tuple(cfg['betas'])}), lr {cfg['lr']} cosine to {cfg['lr_min']}, {cfg['warmup']} warm-up steps,
   batch {cfg['batch_size']}, grad-clip {cfg['grad_clip']}, EMA {cfg['ema_decay']} (shipped weights = EMA), seed {meta['seed']}.
 - Steps: {meta['steps']}; wall time {minutes:.1f} min on {meta['machine']} (shared with other jobs).
-- Command: `tools/train_lite.sh` (= `python -m affectsr.train train {overrides} data=.data/cache/utkface_aligned,.data/cache/taiwanese_expr out=.data/runs/{preset}`).
+- Command: `tools/train_lite.sh` (= `python -m affectsr train {overrides} data=.data/cache/utkface_aligned,.data/cache/taiwanese_expr out=.data/runs/{preset}`).
 
 ## Test results (reproduce: `python tools/ship_lite.py {preset} --run .data/runs/{preset} --predictor <predictor> --force`, or directly)
 
 ```
-python -m affectsr.train evaluate affectsr/weights/{preset}.safetensors --split test --landmarks auto \\
+python -m affectsr evaluate-cache affectsr/weights/{preset}.safetensors --split test --landmarks auto \\
     --predictor affectsr/weights/{preset}.landmarks.safetensors --classifier fer-mini-xception \\
     --data .data/cache/utkface_aligned .data/cache/taiwanese_expr
 ```
@@ -143,7 +139,7 @@ With MediaPipe landmarks only (`--landmarks detect`; no prior where none is foun
 A small CNN ({n['lr_side']} px LR -> 478 x 3 landmarks), trained on the same train splits against the landmarks
 MediaPipe finds on the 128 px HR crop. Test split, NME = mean point error / inter-ocular distance
 (outer eye corners 33-263 of the HR landmarks); reproduce with
-`python -m affectsr.landmarks.predictor nme --scale {scale} --predictor affectsr/weights/{preset}.landmarks.safetensors --data .data/cache/utkface_aligned .data/cache/taiwanese_expr`:
+`python -m affectsr evaluate-predictor --scale {scale} --predictor affectsr/weights/{preset}.landmarks.safetensors --data .data/cache/utkface_aligned .data/cache/taiwanese_expr`:
 
 | route | faces with landmarks | NME |
 |---|---|---|

@@ -52,7 +52,7 @@ def main() -> int:
     page = f"""# Temporal consistency term
 
 Faces in video flicker after super-resolution (docs/VIDEO.md): every frame is hallucinated afresh. The
-optional training term `lambda_temporal` (`affectsr.train`, `affectsr.temporal`) makes a 'next frame' of
+optional training term `lambda_temporal` (`affectsr.train`, `affectsr.train.losses`) makes a 'next frame' of
 each still training face by a small random affine (shift <= 2 px, rotation <= 2 deg, scale +-2 %),
 degrades it like the first, moves its landmarks with the same affine, and penalises the L1 difference
 between the first SR output warped by that motion and the second SR output. No video is needed to train it.

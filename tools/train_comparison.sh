@@ -27,7 +27,7 @@ run_one() {
   IFS='|' read -r name preset args extra <<< "$1"
   if [ -f "$OUT/$name/ema.safetensors" ]; then echo "skip $name (done)"; return; fi
   echo "train $name ($preset $args $extra)"
-  $PY -m affectsr.train train model="$preset" model_args="$args" out="$OUT/$name" $extra $COMMON \
+  $PY -m affectsr train model="$preset" model_args="$args" out="$OUT/$name" $extra $COMMON \
     > "$OUT/$name.log" 2>&1 || { echo "FAILED $name (see $OUT/$name.log)"; return 1; }
   echo "done $name: $(tail -1 "$OUT/$name.log")"
 }

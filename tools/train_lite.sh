@@ -11,17 +11,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/data}
 for set in utkface_aligned taiwanese_expr; do
-  [ -f .data/cache/$set/index.json ] || python -m affectsr.data.commands prepare "$DATA/$set" --out .data/cache/$set --quiet
+  [ -f .data/cache/$set/index.json ] || python -m affectsr prepare "$DATA/$set" --out .data/cache/$set --quiet
 done
 COMMON="data=.data/cache/utkface_aligned,.data/cache/taiwanese_expr batch_size=8 lr=4e-4 lambda_emo=0.02 \
   landmarks=detect seed=0 val_max=128 ckpt_minutes=3"
 mkdir -p .data/logs
-python -m affectsr.train train model=affectsr-x4-lite out=.data/runs/affectsr-x4-lite steps=900 val_every=150 \
+python -m affectsr train model=affectsr-x4-lite out=.data/runs/affectsr-x4-lite steps=900 val_every=150 \
   threads=1 max_minutes=30 $COMMON > .data/logs/train-x4.log 2>&1 &
-python -m affectsr.train train model=affectsr-x8-lite out=.data/runs/affectsr-x8-lite steps=1300 stop_after=1128 \
+python -m affectsr train model=affectsr-x8-lite out=.data/runs/affectsr-x8-lite steps=1300 stop_after=1128 \
   val_every=260 threads=1 $COMMON > .data/logs/train-x8.log 2>&1 &
 wait
-python -m affectsr.train train model=affectsr-x8-lite out=.data/runs/affectsr-x8-lite steps=2600 stop_after=1138 \
+python -m affectsr train model=affectsr-x8-lite out=.data/runs/affectsr-x8-lite steps=2600 stop_after=1138 \
   val_every=260 threads=2 max_minutes=32 $COMMON >> .data/logs/train-x8.log 2>&1
-python -m affectsr.train train model=affectsr-x8-lite out=.data/runs/affectsr-x8-lite steps=2000 val_every=260 \
+python -m affectsr train model=affectsr-x8-lite out=.data/runs/affectsr-x8-lite steps=2000 val_every=260 \
   threads=1 max_minutes=30 $COMMON >> .data/logs/train-x8.log 2>&1

@@ -5,8 +5,8 @@ cd "$(dirname "$0")/.."
 DATA=".data/cache/utkface_aligned .data/cache/taiwanese_expr"
 mkdir -p .data/runs/predictors
 for s in 4 8; do
-  python -m affectsr.landmarks.predictor train --data $DATA --scale $s --steps ${STEPS:-1000} --threads 1 \
+  python -m affectsr train-predictor --data $DATA --scale $s --steps ${STEPS:-1000} --threads 1 \
     --out .data/runs/predictors/x$s.landmarks.safetensors
-  python -m affectsr.landmarks.predictor nme --data $DATA --scale $s \
+  python -m affectsr evaluate-predictor --data $DATA --scale $s \
     --predictor .data/runs/predictors/x$s.landmarks.safetensors --json .data/runs/predictors/nme-x$s.json
 done

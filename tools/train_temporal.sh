@@ -11,5 +11,5 @@ COMMON="model=affectsr-x4-lite init=affectsr/weights/affectsr-x4-lite.safetensor
 for lt in 0 1.0; do
   name=tc-$lt
   [ -f .data/runs/temporal/$name/ema.safetensors ] && continue
-  $PY -m affectsr.train train $COMMON lambda_temporal=$lt out=.data/runs/temporal/$name > .data/runs/temporal-$name.log 2>&1
+  $PY -m affectsr train $COMMON lambda_temporal=$lt out=.data/runs/temporal/$name > .data/runs/temporal-$name.log 2>&1
 done

@@ -36,7 +36,7 @@ from affectsr.assets import DEFAULT_FACE_BOX, default_scene
 from affectsr.atomic import atomic_write
 from affectsr.images import read_image, resize
 from affectsr.landmarks import LandmarkDetector
-from affectsr.pipeline import crop_padded, feather_mask
+from affectsr.faces import crop_padded, feather_mask
 from affectsr.video import upscale_video, write_video
 
 W, H, UP = 320, 240, 4  # LR frame and the render factor
@@ -225,7 +225,7 @@ def markdown(res: dict) -> str:
         + f"Expression is where it shows: on {worst[0]} the FER label flips in "
         f"{_fmt(100 * worst[1]['fer_flip_sr'], '.0f')} % of consecutive SR frames and in "
         f"{_fmt(100 * worst[1]['fer_flip_bicubic'], '.0f')} % of bicubic ones. Training with "
-        "`affectsr.temporal.temporal_consistency_loss` on `affine_jitter_pair` views (`affectsr train lambda_temporal=...`) is the tool for that; docs/TEMPORAL.md measures what it does on this clip.",
+        "`affectsr.train.losses.temporal_consistency_loss` on `affine_jitter_pair` views (`affectsr train lambda_temporal=...`) is the tool for that; docs/TEMPORAL.md measures what it does on this clip.",
         "",
         f"Raw MediaPipe landmarks (before smoothing) jitter by {_fmt(100 * on['jitter_raw'], '.2f')} % of the "
         f"inter-ocular distance per frame (measured in the One-Euro run; {_fmt(100 * off['jitter_raw'], '.2f')} % "
@@ -244,7 +244,7 @@ def markdown(res: dict) -> str:
                      f"| {_fmt(100 * a['jitter_raw'], '.2f')} / {_fmt(100 * a['jitter_used'], '.2f')} "
                      f"| {_fmt(100 * a['fer_flip_sr'], '.0f')} % / {_fmt(100 * a['fer_flip_bicubic'], '.0f')} % |")
     lines += [
-        "", "How it is measured (`affectsr.video.measure_stability`, `affectsr.temporal`):", "",
+        "", "How it is measured (`affectsr.video.stability`):", "",
         "- flicker: for each face and consecutive frames, the previous output frame is warped by the true motion "
         "and compared with the current one inside the face's detection box (RGB, 8-bit levels). The bicubic "
         "column is the same measurement on the bicubic upscale of the same frames. Sharper output carries more "
@@ -254,13 +254,13 @@ def markdown(res: dict) -> str:
         "- FER change: the shipped FER classifier on the face (FER-framed crop of the output frame), "
         "Jensen-Shannon divergence / L1 / label flips between consecutive frames. The true expression does "
         "not change in this clip, so all of it is instability.",
-        "- smoothing (`affectsr.temporal`): the crop box (centre, side) goes through a One-Euro filter; the "
+        "- smoothing (`affectsr.video.tracking`): the crop box (centre, side) goes through a One-Euro filter; the "
         "landmarks are split into a similarity pose (fitted on all 478 points, followed at once) and the shape "
         "in that pose's frame, and only the shape is One-Euro filtered (`LandmarkSmoother`). A plain per-"
         "coordinate One-Euro filter lags behind camera shake, so its landmarks drift off the moving face "
         "(`tests/test_temporal.py::test_landmark_smoother_removes_point_jitter_without_lagging_fast_motion`); "
         "that is why the split exists.",
-        f"- One-Euro settings (`affectsr.temporal.TrackerConfig`): box {res['tracker']['box_filter']}, "
+        f"- One-Euro settings (`affectsr.video.tracking.TrackerConfig`): box {res['tracker']['box_filter']}, "
         f"landmark shape {res['tracker']['landmark_filter']} (units: LR pixels, Hz). They were looked at on "
         "this clip, so the smoothing gain here may be optimistic for other footage.",
         "",
@@ -307,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         return scene.motion(k, i)
 
     from affectsr.pipeline import Upscaler
-    from affectsr.temporal import TrackerConfig
+    from affectsr.video.tracking import TrackerConfig
 
     with tempfile.TemporaryDirectory() as tmp, Upscaler(UP, args.model, "cpu") as up:
         clip = Path(tmp) / "clip.mp4"
