@@ -59,6 +59,7 @@ def test_demo_without_arguments_writes_a_side_by_side(tmp_path):
     assert "landmarks found on the LR face: yes" in r.stdout
 
 
+@pytest.mark.slow
 def test_upscale_folder_with_bad_files(tmp_path, bad_files, two_face_image):
     src = bad_files["grey_png"].parent
     Image.fromarray(two_face_image).save(src / "two_faces.png")
@@ -101,6 +102,7 @@ def test_upscale_empty_folder_and_missing_path(tmp_path):
     assert "no images" in r.stderr and "no such file" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_upscale_aligned_x8(tmp_path, default_face):
     lr = np.asarray(Image.fromarray(default_face).resize((16, 16), Image.BICUBIC))
     Image.fromarray(lr).save(tmp_path / "face16.png")
@@ -110,6 +112,7 @@ def test_upscale_aligned_x8(tmp_path, default_face):
     assert Image.open(tmp_path / "o" / "face16.png").size == (128, 128)
 
 
+@pytest.mark.slow
 def test_output_folder_inside_input_folder_and_clear_option_errors(tmp_path, default_face):
     src = tmp_path / "in"
     src.mkdir()

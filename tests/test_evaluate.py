@@ -40,13 +40,10 @@ def test_psnr_ssim_match_skimage(border):
     assert float(ssim_y(to_tensor(sr), to_tensor(hr), border)[0]) == pytest.approx(ref_s, abs=1e-5)
 
 
-def test_rgb_to_y_range_and_train_reexport():
+def test_rgb_to_y_range():
     x = torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]).T.reshape(1, 3, 1, 2)
     y = rgb_to_y(x)
     assert y.flatten().tolist() == pytest.approx([16.0, 235.0])
-    import affectsr.train as tr
-
-    assert tr.psnr_y is psnr_y and tr.ssim_y is ssim_y and tr.rgb_to_y is rgb_to_y
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +67,7 @@ def eval_run(face_folder, tmp_path_factory):
     return rc, out
 
 
+@pytest.mark.slow
 def test_end_to_end_files_and_keys(eval_run):
     rc, out = eval_run
     assert rc == 0
@@ -94,6 +92,7 @@ def test_end_to_end_files_and_keys(eval_run):
         assert g.size[0] == 128 * 4  # LR | bicubic | affectsr-x4-lite | HR
 
 
+@pytest.mark.slow
 def test_bicubic_psnr_matches_independent_computation(eval_run, face_folder):
     rc, out = eval_run
     from affectsr.data.prepare import PrepareConfig, discover, process_image
@@ -111,6 +110,7 @@ def test_bicubic_psnr_matches_independent_computation(eval_run, face_folder):
     assert s["bicubic"]["psnr"] == pytest.approx(np.mean(list(got.values())), abs=1e-3)
 
 
+@pytest.mark.slow
 def test_refuses_non_empty_out(eval_run, face_folder, capsys):
     _, out = eval_run
     assert main(["evaluate", "--model", "bicubic", "--data", str(face_folder), "--scale", "4", "--out", str(out), "-q"]) == 2

@@ -9,18 +9,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+pytestmark = pytest.mark.slow  # every test exports or runs an ONNX graph
+
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from affectsr.export import (
-    ATOL,
-    ExportError,
-    OnnxSRModel,
-    add_parser,
-    bench_onnx,
-    export_onnx,
-    onnx_for,
-)
+from affectsr.bench import bench_onnx
+from affectsr.commands.export import add_parser
+from affectsr.export import ATOL, ExportError, OnnxSRModel, export_onnx, onnx_for
 from affectsr.images import resize
 from affectsr.metrics import psnr_y, to_tensor
 from affectsr.models import WeightsNotFoundError, count_params, create_model, load_model

@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 
 from affectsr.assets import default_face
+from affectsr.commands.fairness import add_parser
 from affectsr.fairness import (
     OCCLUSIONS,
-    add_parser,
     age_bin,
     group_metrics,
     occlude,
@@ -193,6 +193,7 @@ def report_run(data_root, tmp_path_factory):
     return rc, out
 
 
+@pytest.mark.slow
 def test_end_to_end_writes_the_report(report_run):
     rc, out = report_run
     assert rc == 0
@@ -223,6 +224,7 @@ def test_end_to_end_writes_the_report(report_run):
     assert Image.open(out / "occlusions.png").size == (128 * 2, 128)
 
 
+@pytest.mark.slow
 def test_bad_input_exits_2(report_run, data_root, tmp_path, capsys):
     _, out = report_run
     assert _cli(["--data-root", str(data_root), "--datasets", "tiny", "--out", str(out), "-q"]) == 2

@@ -179,3 +179,25 @@ def test_big_faces_stay_bicubic(upscaler, monkeypatch, default_face, two_face_im
 def test_float_images_out_of_range_are_refused(upscaler, default_face):
     with pytest.raises(ImageReadError, match=r"\[0, 1\]"):
         upscaler(default_face.astype(np.float32))
+
+
+def test_compose_is_the_one_per_face_loop(upscaler, two_face_image):
+    """upscale_loaded pastes through compose; given boxes and landmarks (as video gives them) reproduce it,
+    and given landmarks are the ones the model gets."""
+    res = upscaler(two_face_image)
+    boxes = [f.box for f in res.faces]
+    out, used = upscaler.compose(two_face_image, boxes)
+    np.testing.assert_array_equal(out, res.image)
+    assert len(used) == 2 and all(lm is not None and lm.shape == (478, 3) for lm in used)
+    again, used_again = upscaler.compose(two_face_image, boxes, used)
+    np.testing.assert_array_equal(again, res.image)
+    assert all(a is b for a, b in zip(used, used_again))
+    brighten = Brighten()
+    recorder = Upscaler(4, brighten, device="cpu", detector=upscaler.detector)
+    recorder.compose(two_face_image, boxes, [None, None])
+    assert brighten.seen_landmarks is None
+    recorder.compose(two_face_image, boxes[:1], used[:1])
+    assert brighten.seen_landmarks is not None and brighten.seen_landmarks.shape == (1, 478, 3)
+    background = np.full_like(res.image, 255)
+    pasted, _ = upscaler.compose(two_face_image, boxes[:1], used[:1], background=background)
+    assert pasted is background and (background != 255).any() and (background[:, -40:] == 255).all()  # left face only

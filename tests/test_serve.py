@@ -16,7 +16,9 @@ from affectsr.emotion.faces import classify_crops
 from affectsr.images import read_image, resize
 from affectsr.models import PRESETS
 from affectsr.models.presets import weights_path
-from affectsr.serve import GRADIO_HINT, ServeApp, ServeConfig, add_parser, cmd_serve, model_choices, serve
+from affectsr.commands.serve import add_parser
+from affectsr.commands.serve import run as cmd_serve
+from affectsr.serve import GRADIO_HINT, ServeApp, ServeConfig, model_choices, serve
 
 TOOL = Path(__file__).resolve().parents[1] / "tools" / "serve_screenshot.py"
 
@@ -175,6 +177,7 @@ def test_bad_limits_and_missing_gradio(capsys, monkeypatch):
 # --- in a real browser -----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_browser_upload_and_result(tmp_path: Path, face_png: Path, monkeypatch):
     tool = _load_tool()
     if (why := tool.browser_missing()) is not None:

@@ -1,4 +1,5 @@
-"""affectsr.temporal: One-Euro filter, face tracker, flicker metrics and the temporal training loss (no video)."""
+"""Temporal pieces without a video: One-Euro filter and face tracker (affectsr.video.tracking), warping
+(affectsr.warp), flicker metrics (affectsr.video.stability) and the temporal training loss (affectsr.train.losses)."""
 from __future__ import annotations
 
 import math
@@ -8,26 +9,10 @@ import pytest
 import torch
 
 from affectsr.landmarks import FaceBox
-from affectsr.temporal import (
-    FaceTracker,
-    LandmarkSmoother,
-    OneEuroConfig,
-    OneEuroFilter,
-    TrackerConfig,
-    affine_jitter_pair,
-    apply_affine,
-    estimate_flow,
-    fer_change,
-    js_divergence,
-    landmark_acceleration,
-    landmark_jitter,
-    move_landmarks,
-    pixel_affine_to_theta,
-    temporal_consistency_loss,
-    temporal_flicker,
-    warp_affine,
-    warp_image,
-)
+from affectsr.train.losses import affine_jitter_pair, move_landmarks, temporal_consistency_loss
+from affectsr.video.stability import estimate_flow, fer_change, js_divergence, landmark_acceleration, landmark_jitter, temporal_flicker
+from affectsr.video.tracking import FaceTracker, LandmarkSmoother, OneEuroConfig, OneEuroFilter, TrackerConfig
+from affectsr.warp import apply_affine, pixel_affine_to_theta, warp_affine, warp_image
 
 FPS = 25.0
 

@@ -12,7 +12,10 @@ import pytest
 
 from affectsr.images import resize
 from affectsr.pipeline import Upscaler
-from affectsr.video import VideoError, add_parser, upscale_video, write_video
+from affectsr.commands.video import add_parser
+from affectsr.video import VideoError, upscale_video, write_video
+
+pytestmark = pytest.mark.slow  # every test encodes and decodes clips
 
 FPS, N, SR = 10, 10, 16000  # 1 s clips: 10 frames at 10 fps, 16 kHz audio
 W, H = 160, 120

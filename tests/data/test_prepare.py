@@ -94,10 +94,10 @@ def test_resume_skips_finished_shards(cache, face_folder):
 def test_prepare_cli(face_folder, tmp_path):
     import argparse
 
-    from affectsr.data.commands import add_parsers
+    from affectsr.commands.prepare import add_parser
 
     p = argparse.ArgumentParser()
-    add_parsers(p.add_subparsers(dest="command"))
+    add_parser(p.add_subparsers(dest="command"))
     args = p.parse_args(["prepare", str(face_folder), "--out", str(tmp_path / "c"), "--size", "32",
                          "--lr-scales", "4", "--workers", "1", "--limit", "2", "--quiet"])
     assert args.func(args) == 0

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from affectsr.emotion import EMOTIONS, detect_emotions, load_emotion_classifier
-from affectsr.emotion.commands import add_parsers
+from affectsr.commands.emotion import add_parser
 
 
 @pytest.fixture(scope="module")
@@ -18,9 +18,9 @@ def clf():
 
 
 def cli(argv: list[str]) -> int:
-    """Parse and run like the main CLI does once the lead wires ``add_parsers`` into it."""
+    """Parse and run like the main CLI does."""
     parser = argparse.ArgumentParser(prog="affectsr")
-    add_parsers(parser.add_subparsers(dest="command"))
+    add_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -11,7 +11,7 @@ from safetensors import safe_open
 
 from affectsr.emotion import DEFAULT_CLASSIFIER, load_emotion_classifier
 from affectsr.weights import WEIGHTS_DIR
-from affectsr.emotion.commands import add_parsers
+from affectsr.commands.emotion import add_parser
 from affectsr.emotion.data import (
     DATA_ENV,
     DatasetNotFoundError,
@@ -47,6 +47,7 @@ def test_ck_plus_contempt_is_left_out(data_root):
 
 
 @pytest.mark.parametrize("dataset, step", [("fer2013", 10), ("ck_plus_48", 1)])
+@pytest.mark.slow
 def test_shipped_classifier_is_near_its_recorded_test_accuracy(data_root, dataset, step):
     """Real faces, read the way the study reads them, score near the accuracy written into the weights file.
 
@@ -64,9 +65,10 @@ def test_shipped_classifier_is_near_its_recorded_test_accuracy(data_root, datase
     assert report.accuracy > 0.5  # far above chance (1/7)
 
 
+@pytest.mark.slow
 def test_study_command_on_real_faces(data_root, tmp_path, capsys):
     parser = argparse.ArgumentParser(prog="affectsr")
-    add_parsers(parser.add_subparsers(dest="command"))
+    add_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["study-resolution", "--data", str(data_root), "--out", str(tmp_path), "--limit", "16",
                               "--sizes", "32,16", "--models", "affectsr-x8", "-q"])
     assert args.func(args) == 0

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from affectsr.emotion import EMOTIONS, load_emotion_classifier
-from affectsr.emotion.commands import add_parsers
+from affectsr.commands.emotion import add_parser
 from affectsr.emotion.evaluate import FaceSet
 from affectsr.emotion.study import (
     bicubic_roundtrip,
@@ -75,7 +75,7 @@ def test_sr_models_hook_runs_trained_files_and_skips_untrained_presets(clf, smil
 
 def test_study_command_without_data_fails_clearly(tmp_path, capsys):
     parser = argparse.ArgumentParser(prog="affectsr")
-    add_parsers(parser.add_subparsers(dest="command"))
+    add_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["study-resolution", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path)])
     assert args.func(args) == 2
     assert "nowhere" in capsys.readouterr().err

@@ -44,7 +44,8 @@ def test_list_models_covers_presets():
         assert i.config.in_size * i.config.scale == 128
 
 
-@pytest.mark.parametrize("name", list(PRESETS))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if getattr(PRESETS[n][0], "nf", 0) == 64 else n
+                                  for n in PRESETS])  # the full nf64 nb23 presets take tens of seconds on a CPU
 def test_preset_output_shapes(name):
     cfg = PRESETS[name][0]
     model = create_model(name).eval()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import socket
 from pathlib import Path
@@ -13,7 +14,9 @@ import torch
 import torch.multiprocessing as tmp_mp
 from safetensors.torch import load_file
 
-from affectsr.train import TrainConfig, evaluate, parse_overrides, psnr_y, ssim_y, train
+from affectsr.evaluate import evaluate_cache
+from affectsr.metrics import psnr_y, ssim_y
+from affectsr.train import TrainConfig, parse_overrides, train
 
 
 def _cfg(cache: Path, out: Path, **kw) -> TrainConfig:
@@ -27,6 +30,7 @@ def _weights(run: Path) -> dict:
     return load_file(str(run / "ema.safetensors"))
 
 
+@pytest.mark.slow
 def test_exact_resume(tiny_cache, tmp_path):
     straight = train(_cfg(tiny_cache, tmp_path / "a"), log=lambda *_: None)
     assert straight["step"] == 4
@@ -65,6 +69,7 @@ def _ddp_worker(rank: int, world: int, port: int, cfg: TrainConfig) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_ddp_gloo_matches_single_process(tiny_cache, tmp_path):
     kw = dict(steps=3, batch_size=4, val_every=0, ema_decay=0.0, lambda_emo=0.0)
     single = _cfg(tiny_cache, tmp_path / "single", **kw)
@@ -77,9 +82,10 @@ def test_ddp_gloo_matches_single_process(tiny_cache, tmp_path):
         assert torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4), k
 
 
+@pytest.mark.slow
 def test_evaluate_reports_model_and_bicubic(tiny_cache, tmp_path):
     train(_cfg(tiny_cache, tmp_path / "e", steps=1, val_every=0), log=lambda *_: None)
-    r = evaluate(str(tmp_path / "e" / "ema.safetensors"), [str(tiny_cache)], split="val", landmarks="hr")
+    r = evaluate_cache(str(tmp_path / "e" / "ema.safetensors"), [str(tiny_cache)], split="val", landmarks="hr")
     assert r["images"] == 2 and r["scale"] == 4
     for k in ("model", "bicubic"):
         assert set(r[k]) == {"psnr", "ssim", "ecm", "agreement", "kl"}
@@ -95,15 +101,16 @@ def test_metrics():
     assert torch.all(psnr_y(x, x, 4) > 90)
 
 
+@pytest.mark.slow
 def test_overrides_and_cli(tiny_cache, tmp_path):
     cfg = parse_overrides(TrainConfig(), ["steps=7", "data=a,b", "amp=false", "lr=1e-3", "betas=0.8,0.9"])
     assert cfg.steps == 7 and cfg.data == ("a", "b") and cfg.amp is False and cfg.lr == 1e-3 and cfg.betas == (0.8, 0.9)
     with pytest.raises(ValueError):
         parse_overrides(TrainConfig(), ["nope=1"])
-    from affectsr.data.commands import add_parsers
+    from affectsr.commands.train import add_parser
 
     p = argparse.ArgumentParser()
-    add_parsers(p.add_subparsers(dest="command"))
+    add_parser(p.add_subparsers(dest="command"))
     args = p.parse_args(["train", f"data={tiny_cache}", f"out={tmp_path / 'c'}", "steps=1", "batch_size=2",
                          "val_every=0", "threads=1", "landmarks=detect"])
     assert args.func(args) == 0
@@ -111,6 +118,7 @@ def test_overrides_and_cli(tiny_cache, tmp_path):
     assert p.parse_args(["train", "bogus=1"]).func(p.parse_args(["train", "bogus=1"])) == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model,model_args,other", [("fsrnet-x4", "", "nf=16"),
                                                     ("affectsr-x4-lite", "prior=pooled;fusion=concat", "fusion=msaf")])
 def test_baselines_and_ablations_train_and_reload(tiny_cache, tmp_path, model, model_args, other):
@@ -131,15 +139,13 @@ def test_baselines_and_ablations_train_and_reload(tiny_cache, tmp_path, model, m
 
 def test_move_landmarks_follows_the_warp():
     """A bright dot at a landmark ends up where move_landmarks says after warp_affine with the same theta."""
-    from affectsr.temporal import affine_jitter_pair
-    from affectsr.temporal import move_landmarks
+    from affectsr.train.losses import affine_jitter_pair, move_landmarks
+    from affectsr.warp import warp_affine
 
     img = torch.zeros(3, 1, 64, 64)
     pts = torch.tensor([[20.5, 30.5], [40.5, 22.5], [33.5, 44.5]])  # pixel centres (x, y)
     for i, (x, y) in enumerate(pts):
         img[i, 0, int(y), int(x)] = 1.0
-    from affectsr.temporal import warp_affine
-
     _, _, theta = affine_jitter_pair(img, max_shift_px=4, max_rot_deg=10, max_scale=0.05,
                                      generator=torch.Generator().manual_seed(1))
     warped, _ = warp_affine(img, theta, mode="bilinear")
@@ -155,6 +161,7 @@ def test_move_landmarks_follows_the_warp():
     assert torch.isnan(nan).all()
 
 
+@pytest.mark.slow
 def test_temporal_term_trains(tiny_cache, tmp_path):
     out = tmp_path / "tc"
     train(_cfg(tiny_cache, out, steps=2, val_every=0, lambda_emo=0.0, lambda_temporal=0.5), log=lambda *_: None)
@@ -162,3 +169,41 @@ def test_temporal_term_trains(tiny_cache, tmp_path):
     header, last = rows[0].split(","), rows[-1].split(",")
     tc = float(last[header.index("tc")])
     assert 0 < tc < 1
+
+
+@pytest.mark.parametrize("degradation", ["bicubic", "blind"])
+def test_temporal_pair_is_degraded_like_the_first_view(tiny_cache, monkeypatch, degradation):
+    """The second view goes through the same degradation (kind, seed rule) as the first: with no motion, the
+    two LR views are identical, blind noise and JPEG included."""
+    from affectsr.data.dataset import FaceCache, make_batch
+    from affectsr.train import losses
+
+    ds = FaceCache([str(tiny_cache)], split="train")
+    idx = np.arange(4)
+    b = make_batch(ds, idx, 4, degradation, seed=5, epoch=2, landmarks="hr")
+    still = torch.eye(2, 3).repeat(4, 1, 1)
+    monkeypatch.setattr(losses, "affine_jitter_pair", lambda hr, generator=None: (hr, hr.clone(), still))
+    lr_b, lm_b, theta = losses.temporal_pair(b, 4, degradation, seed=5, epoch=2, step=7)
+    assert torch.equal(lr_b, b.lr) and torch.equal(theta, still)
+    assert torch.allclose(lm_b, b.landmarks, atol=1e-6, equal_nan=True)
+    other, _, _ = losses.temporal_pair(b, 4, degradation, seed=5, epoch=3, step=7)
+    assert torch.equal(other, b.lr) == (degradation == "bicubic")  # blind draws follow (seed, epoch, index)
+
+
+@pytest.mark.slow
+def test_cache_commands(tiny_cache, tmp_path, capsys):
+    """train-predictor, evaluate-predictor and evaluate-cache (the former `python -m` entry points) as subcommands."""
+    from affectsr.cli import main
+
+    train(_cfg(tiny_cache, tmp_path / "e", steps=1, val_every=0), log=lambda *_: None)
+    pred = tmp_path / "p.landmarks.safetensors"
+    assert main(["train-predictor", "--data", str(tiny_cache), "--scale", "4", "--steps", "2", "--batch", "4",
+                 "--threads", "1", "--out", str(pred)]) == 0 and pred.is_file()
+    assert main(["evaluate-predictor", "--data", str(tiny_cache), "--scale", "4", "--predictor", str(pred),
+                 "--split", "val", "--json", str(tmp_path / "nme.json")]) == 0
+    assert json.loads((tmp_path / "nme.json").read_text())["faces"] == 2
+    capsys.readouterr()
+    assert main(["evaluate-cache", str(tmp_path / "e" / "ema.safetensors"), "--data", str(tiny_cache), "--split", "val",
+                 "--landmarks", "predict", "--predictor", str(pred)]) == 0
+    assert "| bicubic |" in capsys.readouterr().out
+    assert main(["evaluate-cache", "affectsr-x4-lite", "--data", str(tmp_path / "nowhere")]) == 2
