@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shlex
 
 import numpy as np
 import pytest
@@ -62,14 +63,14 @@ def face_folder(tmp_path_factory):
 @pytest.fixture(scope="module")
 def eval_run(face_folder, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval") / "out"
-    rc = main(["evaluate", "--model", "bicubic,affectsr-x4-lite,affectsr-x4,missing.safetensors", "--data",
-               str(face_folder), "--scale", "4", "--out", str(out), "-q"])
-    return rc, out
+    argv = ["evaluate", "--model", "bicubic,affectsr-x4-lite,affectsr-x4,missing.safetensors", "--data",
+            str(face_folder), "--scale", "4", "--out", str(out), "--classifier", "fer-mini-xception-ft", "-q"]
+    return main(argv), out, argv
 
 
 @pytest.mark.slow
 def test_end_to_end_files_and_keys(eval_run):
-    rc, out = eval_run
+    rc, out, argv = eval_run
     assert rc == 0
     for f in ("per_image.csv", "summary.json", "run.json", "summary.md", "grid.png", "psnr_vs_ecm.png"):
         assert (out / f).is_file() and (out / f).stat().st_size > 0, f
@@ -81,6 +82,7 @@ def test_end_to_end_files_and_keys(eval_run):
         assert m["n"] == 3 and m["accuracy_sr"] is None  # a plain folder has no labels
     for k in ("command", "machine", "date"):
         assert run[k]
+    assert run["command"] == shlex.join(["affectsr", *argv])  # as typed, --classifier included
     # untrained preset and missing file: reported, not crashed
     assert "affectsr-x4" in run["skipped_models"] and "missing.safetensors" in run["skipped_models"]
     md = (out / "summary.md").read_text()
@@ -94,7 +96,7 @@ def test_end_to_end_files_and_keys(eval_run):
 
 @pytest.mark.slow
 def test_bicubic_psnr_matches_independent_computation(eval_run, face_folder):
-    rc, out = eval_run
+    rc, out, _ = eval_run
     from affectsr.data.prepare import PrepareConfig, discover, process_image
 
     recs, _ = discover(face_folder)
@@ -112,7 +114,7 @@ def test_bicubic_psnr_matches_independent_computation(eval_run, face_folder):
 
 @pytest.mark.slow
 def test_refuses_non_empty_out(eval_run, face_folder, capsys):
-    _, out = eval_run
+    _, out, _ = eval_run
     assert main(["evaluate", "--model", "bicubic", "--data", str(face_folder), "--scale", "4", "--out", str(out), "-q"]) == 2
     assert "--overwrite" in capsys.readouterr().err
 

@@ -1,17 +1,17 @@
 """affectsr.fairness: occluders, group statistics by hand, and `fairness` end to end on a tiny folder."""
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
+import shlex
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from affectsr.assets import default_face
-from affectsr.commands.fairness import add_parser
+from affectsr.cli import main
 from affectsr.fairness import (
     OCCLUSIONS,
     age_bin,
@@ -158,10 +158,7 @@ def test_paired_difference():
 
 
 def _cli(argv: list[str]) -> int:
-    p = argparse.ArgumentParser()
-    add_parser(p.add_subparsers())
-    args = p.parse_args(["fairness", *argv])
-    return args.func(args)
+    return main(["fairness", *argv])
 
 
 @pytest.fixture(scope="module")
@@ -187,10 +184,11 @@ def data_root(tmp_path_factory):
 @pytest.fixture(scope="module")
 def report_run(data_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("fair") / "out"
-    rc = _cli(["--data-root", str(data_root), "--datasets", "tiny", "--models",
-               "bicubic,affectsr-x4-lite,gone=missing.safetensors", "--occlusions", "none,eyes_bar",
-               "--out", str(out), "-q"])
-    return rc, out
+    argv = ["--data-root", str(data_root), "--datasets", "tiny", "--models",
+            "bicubic,affectsr-x4-lite,gone=missing.safetensors", "--occlusions", "none,eyes_bar", "--out", str(out), "-q"]
+    assert _cli(argv) == 0
+    assert json.loads((out / "fairness.json").read_text())["command"] == shlex.join(["affectsr", "fairness", *argv])
+    return 0, out
 
 
 @pytest.mark.slow
