@@ -155,15 +155,18 @@ def augment(x: torch.Tensor, frame: float, gen: torch.Generator, args: argparse.
     """Grey N x 1 x S x S in [0, 1] whose side is ``frame`` detector boxes -> augmented N x 1 x CANVAS x CANVAS.
 
     The output's side is a random framing in ``args.framing`` (box units: 1.0 = FER_MARGIN 0,
-    1.6 = square(0.6)), then flip, rotation, shift; borders replicated; then contrast/brightness
-    and random erasing.
+    1.6 = square(0.6)) for a share ``args.loose_prob`` of the faces, in ``args.tight_framing`` for
+    the others; then flip, rotation, shift; borders replicated; then contrast/brightness and random erasing.
     """
     n = x.shape[0]
 
     def u(lo: float = -1.0, hi: float = 1.0) -> torch.Tensor:
         return lo + (hi - lo) * torch.rand(n, generator=gen)
 
-    scale = u(*args.framing) / frame
+    framing = u(*args.framing)
+    if args.loose_prob < 1.0:  # the rest of the faces keep a framing near the tight crops
+        framing = torch.where(torch.rand(n, generator=gen) < args.loose_prob, framing, u(*args.tight_framing))
+    scale = framing / frame
     ang = u() * math.radians(args.rotate)
     flip = torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0)
     cos, sin = torch.cos(ang) * scale, torch.sin(ang) * scale
@@ -253,7 +256,7 @@ def report(net: torch.nn.Module, sets: dict[str, tuple[torch.Tensor, np.ndarray]
 # ----------------------------------------------------------------------------- training
 
 RECIPE_ARGS = ("name", "role", "arch", "widths", "depths", "stem", "input_size", "dropout", "epochs", "batch", "lr", "warmup",
-               "weight_decay", "label_smoothing", "ema", "balance", "taiwanese_repeat", "framing", "rotate", "shift",
+               "weight_decay", "label_smoothing", "ema", "balance", "taiwanese_repeat", "framing", "loose_prob", "tight_framing", "rotate", "shift",
                "contrast", "brightness", "erase", "seed", "limit")
 """The arguments that determine the weights (the card's command lists all of them; --threads, paths do not change the result)."""
 
@@ -287,9 +290,10 @@ def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--name", required=True, help="weights name, e.g. fer-teacher-vgg")
+    ap.add_argument("--name", help="weights name, e.g. fer-teacher-vgg (required to train)")
+    ap.add_argument("--evaluate", metavar="CLASSIFIER", help="only evaluate a shipped name or .safetensors (val, test, framing table)")
     ap.add_argument("--role", choices=("teacher", "judge", "candidate"), default="candidate")
-    ap.add_argument("--arch", choices=("vgg", "resnet"), required=True)
+    ap.add_argument("--arch", choices=("vgg", "resnet"), default="vgg")
     ap.add_argument("--widths", default="32,64,128,256")
     ap.add_argument("--depths", default="2,2,2,2")
     ap.add_argument("--stem", type=int, default=32, help="first conv width (resnet)")
@@ -307,6 +311,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--taiwanese-repeat", type=int, default=2, help="taiwanese_expr train faces per epoch (x959)")
     ap.add_argument("--framing", type=lambda s: tuple(float(v) for v in s.split(",")), default=(0.95, 1.75),
                     help="output side range in detector-box units (1.0 = tight FER_MARGIN 0 crops, 1.6 = square(0.6))")
+    ap.add_argument("--loose-prob", type=float, default=1.0,
+                    help="share of faces framed from --framing; the others from --tight-framing (1 = all from --framing)")
+    ap.add_argument("--tight-framing", type=lambda s: tuple(float(v) for v in s.split(",")), default=(1.0, 1.3))
     ap.add_argument("--rotate", type=float, default=15.0)
     ap.add_argument("--shift", type=float, default=0.08)
     ap.add_argument("--contrast", type=float, default=0.4)
@@ -324,8 +331,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     args.widths = tuple(int(v) for v in args.widths.split(","))
     args.depths = tuple(int(v) for v in args.depths.split(","))
-    args.run = args.run or args.cache / "runs" / args.name
+    if not args.name and not args.evaluate:
+        ap.error("--name is required to train (or pass --evaluate CLASSIFIER)")
+    args.run = args.run or args.cache / "runs" / str(args.name)
     return args
+
+
+def evaluate_only(name: str, data: dict[str, np.ndarray]) -> None:
+    """Print val/test accuracy, confusion matrices, flip TTA and the framing table of an existing classifier."""
+    net = load_emotion_classifier(name).net
+    for split in ("val", "test"):
+        print(format_report(report(net, val_sets(data, split), split)))
+    x, y = val_sets(data, "test")["fer2013"]
+    print(f"\nfer2013 test with flip TTA: {float((predict(net, x, tta=True).argmax(1) == y).mean()):.2%}\n")
+    print("| split | framing | input | n | accuracy |\n|---|---|---|---:|---:|")
+    for r in framing_table(net, data):
+        print(f"| {r['split']} | {r['framing']} | {r['input']} | {r['n']} | {r['accuracy']:.2%} |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -334,6 +355,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.use_deterministic_algorithms(True)
     root = resolve_data_root(args.data)
     data = load_cache(root, args.cache)
+    if args.evaluate:
+        evaluate_only(args.evaluate, data)
+        return 0
     config = ClassifierConfig(arch=args.arch, input_size=args.input_size, widths=args.widths, depths=args.depths,
                               stem=args.stem, bn_eps=1e-5, dropout=args.dropout)
 
@@ -371,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args.run.mkdir(parents=True, exist_ok=True)
     ckpt_path = args.run / "ckpt.pt"
-    state = {"epoch": 1, "step_in_epoch": 0, "history": [], "train_seconds": 0.0, "loss_sum": 0.0}
+    state = {"epoch": 1, "step_in_epoch": 0, "history": [], "train_seconds": 0.0, "wall_seconds": 0.0, "loss_sum": 0.0}
     if ckpt_path.is_file():
         ck = torch.load(ckpt_path, weights_only=True)
         if ck["config"] != json.dumps(config.to_dict()):
@@ -430,6 +454,7 @@ def main(argv: list[str] | None = None) -> int:
                 save_ckpt()
                 last_ckpt = time.time()
         scores = accuracies(ema.net, val)
+        state["wall_seconds"] = state.get("wall_seconds", 0.0) + time.time() - t_epoch
         scores["mean"] = float(np.mean(list(scores.values())))
         state["history"].append({"epoch": epoch, "train_loss": state["loss_sum"] / steps_per_epoch,
                                  "epoch_seconds": round(time.time() - t_epoch, 1), **scores})
@@ -463,7 +488,8 @@ def finish(args: argparse.Namespace, config: ClassifierConfig, data: dict[str, n
     tta = float((predict(net, fer_test[0], tta=True).argmax(1) == fer_test[1]).mean())
     framing = framing_table(net, data)
     recipe = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items() if k in RECIPE_ARGS}
-    recipe.update(best_epoch=best["epoch"], train_seconds=round(state["train_seconds"]), params=n_params,
+    recipe.update(best_epoch=best["epoch"], train_seconds=round(state["train_seconds"]),
+                  wall_seconds=round(state.get("wall_seconds") or sum(h["epoch_seconds"] for h in history)), params=n_params,
                   class_weights=[round(float(w), 4) for w in class_w], train_counts=train_counts)
     meta = {"source": f"trained from scratch by tools/train_fer_classifier.py ({args.role})",
             "role": args.role, "recipe": json.dumps(recipe), "labels": json.dumps(list(EMOTIONS)),
@@ -534,13 +560,15 @@ Architecture `{config.arch}` (`affectsr/emotion/nets.py`): widths {list(config.w
   EMA of the weights (decay {args.ema}) is what is evaluated and shipped.
 - Augmentation (on 48 px canvases, then the wrapper's own resize): random framing with the output side
   {args.framing[0]}-{args.framing[1]} detector boxes (1.0 = the tight `FER_MARGIN` 0 crop, 1.6 = the loose `square(0.6)` crop
-  that `evaluate` and the pipeline make; FER2013/CK+ images are taken as {FER_FRAME:.2f} boxes, borders replicated),
+  that `evaluate` and the pipeline make; FER2013/CK+ images are taken as {FER_FRAME:.2f} boxes, borders replicated)
+  {"for every face" if args.loose_prob >= 1 else f"for {args.loose_prob:.0%} of the faces, {args.tight_framing[0]}-{args.tight_framing[1]} for the others"},
   horizontal flip, +-{args.rotate} deg rotation, +-{args.shift:.0%} shift, contrast x(1 +- {args.contrast}),
   brightness +-{args.brightness}, random erasing p={args.erase} (2-15 % of the area, random grey).
 - Model selection: the epoch whose mean val accuracy over fer2013 (PublicTest), ck_plus_48 val and
   taiwanese_expr val (tight and loose crops) is highest: **epoch {recipe["best_epoch"]}**. Test splits were evaluated once, after training.
-- Training time: {wall / 3600:.2f} h of training steps ({sum(h["epoch_seconds"] for h in history) / 3600:.2f} h wall incl. validation)
-  on {args.threads} torch thread(s) of a shared 2-core machine (other jobs ran beside it: epoch times vary with the load).
+- Training time: {wall / 3600:.2f} h in training steps, {recipe["wall_seconds"] / 3600:.2f} h wall including validation
+  on {args.threads} torch thread(s) of a shared 2-core machine (other jobs ran beside it: epoch times vary with the load);
+  the `s` column is each epoch's wall time including validation.
 
 | epoch | train loss | val fer2013 | val ck_plus_48 | val taiwanese tight | val taiwanese loose | mean | s |
 |---:|---:|---:|---:|---:|---:|---:|---:|
@@ -549,6 +577,8 @@ Architecture `{config.arch}` (`affectsr/emotion/nets.py`): widths {list(config.w
 ## Accuracy (single view, the wrapper as the loss uses it)
 taiwanese_expr faces: largest MediaPipe face, 128 px colour crops; tight = `FER_MARGIN` 0, loose = `square(0.6)`
 ({skipped["val"]} val / {skipped["test"]} test photos without a detected face are left out).
+
+fer2013 val = PublicTest, test = PrivateTest (the official splits).
 
 | set | val n | val | test n | test |
 |---|---:|---:|---:|---:|
