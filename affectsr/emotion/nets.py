@@ -12,16 +12,29 @@ linear classifier. Which body and which sizes were chosen, and why, is in the mo
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-if TYPE_CHECKING:
-    from .classifier import ClassifierConfig
 
-__all__ = ["BasicBlock", "ResNet", "VGGNet", "conv_bn_relu"]
+class NetConfig(Protocol):
+    """The fields of :class:`~affectsr.emotion.classifier.ClassifierConfig` the bodies read.
+
+    A protocol rather than an import: the classifier module builds these bodies, so importing
+    its config here would make the two modules import each other.
+    """
+
+    arch: str
+    num_classes: int
+    widths: tuple[int, ...]
+    depths: tuple[int, ...]
+    stem: int
+    bn_eps: float
+    dropout: float
+
+__all__ = ["BasicBlock", "NetConfig", "ResNet", "VGGNet", "conv_bn_relu"]
 
 
 def conv_bn_relu(cin: int, cout: int, stride: int = 1, eps: float = 1e-5) -> nn.Sequential:
@@ -59,7 +72,7 @@ class _Head(nn.Module):
         return self.fc(self.dropout(features.mean(dim=(2, 3))))
 
 
-def _check(config: ClassifierConfig) -> None:
+def _check(config: NetConfig) -> None:
     if not config.depths or len(config.depths) != len(config.widths) or min(config.depths) < 1:
         raise ValueError(f"{config.arch}: depths {config.depths} must give one count >= 1 per width {config.widths}")
 
@@ -71,7 +84,7 @@ class VGGNet(nn.Module):
     (e.g. Khaireddin & Chen 2021); at 40 px and widths 32-256 the last map is 5 x 5.
     """
 
-    def __init__(self, config: ClassifierConfig) -> None:
+    def __init__(self, config: NetConfig) -> None:
         super().__init__()
         _check(config)
         self.config = config
@@ -94,7 +107,7 @@ class VGGNet(nn.Module):
 class ResNet(nn.Module):
     """Small ResNet: 3x3 stem conv at ``stem`` width, then ``depths[i]`` basic blocks per stage, stride 2 between stages."""
 
-    def __init__(self, config: ClassifierConfig) -> None:
+    def __init__(self, config: NetConfig) -> None:
         super().__init__()
         _check(config)
         self.config = config
