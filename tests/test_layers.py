@@ -18,7 +18,7 @@ FLOORS: list[tuple[str, ...]] = [
      "affectsr.types", "affectsr.overrides", "affectsr.warp", "affectsr.plots", "affectsr.assets"),
     ("affectsr.models",),  # 1: the networks (a leaf apart from the ground floor)
     ("affectsr.landmarks",),  # 2: MediaPipe detection and the learned LR predictor
-    ("affectsr.emotion",),  # 3: FER classifier, loss, metrics, face crops, the resolution study
+    ("affectsr.emotion", "affectsr.identity"),  # 3: FER classifier, loss, metrics, face crops, the study; identity
     ("affectsr.data",),  # 4: training caches, degradations, batches
     ("affectsr.pipeline",),  # 5: detect, crop, super-resolve, paste back
     ("affectsr.evaluate", "affectsr.export", "affectsr.video", "affectsr.demo"),  # 6: uses of the pipeline
@@ -33,6 +33,7 @@ LAZY = {
     "av": "PyAV loads FFmpeg's libraries; only video needs them",
     "matplotlib": "slow to import; only figure writers need it",
     "scipy": "only the mouth-mask occluder needs scipy.spatial",
+    "dlib": "the optional [identity] extra (a compiled wheel); only identity scoring needs it",
     "skimage": "only optical flow and the bundled test face need scikit-image's submodules",
 }
 """Function-local imports of other packages kept on purpose (package -> why); every other import is module-level."""
