@@ -154,3 +154,133 @@ def test_constructor_validates() -> None:
         LandmarkDetector(min_detection_confidence=1.5)
     with pytest.raises(ValueError):
         LandmarkDetector(detector_size=8)
+
+
+# --- multi-scale detection -----------------------------------------------------------------------
+
+from affectsr.landmarks.detector import DEFAULT_MIN_FACE, is_greyscale, pyramid_sizes, skin_tint, tile_count  # noqa: E402
+
+FACE_SIZES = (20, 28, 40, 64)  # side of the detector's box, in frame pixels
+
+
+@pytest.fixture(scope="module")
+def astronaut_box() -> tuple[float, float, float, float]:
+    """The astronaut's face box in the 512 px scene (the full-range detector's, see test_detect_faces_on_scene)."""
+    return (173.66, 67.78, 277.59, 171.70)
+
+
+@pytest.fixture(scope="module")
+def small_faces_frame(astronaut_box) -> tuple[np.ndarray, list[tuple[float, float, float, float]]]:
+    """960 x 540 frame: the astronaut photo shrunk so her face is 20, 28, 40 and 64 px, pasted on
+    scikit-image's rocket photo (no face); returns the frame and the faces' boxes."""
+    from skimage import data
+
+    frame = np.asarray(Image.fromarray(data.rocket()).resize((960, 540), Image.Resampling.BICUBIC)).copy()
+    scene, boxes = default_scene(), []
+    x0, y0, x1, y1 = astronaut_box
+    for i, size in enumerate(FACE_SIZES):
+        k = size / (x1 - x0)
+        # the face with about one face of surroundings, shrunk
+        cx, cy, half = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0)
+        crop = scene[round(cy - half):round(cy + half), round(cx - half):round(cx + half)]
+        side = round(crop.shape[0] * k)
+        patch = np.asarray(Image.fromarray(crop).resize((side, side), Image.Resampling.BICUBIC))
+        px, py = 60 + 220 * i, 200
+        frame[py:py + side, px:px + side] = patch
+        boxes.append((px + side / 2 - size / 2, py + side / 2 - size / 2, px + side / 2 + size / 2, py + side / 2 + size / 2))
+    return frame, boxes
+
+
+def _variants(rgb: np.ndarray) -> dict[str, object]:
+    """The frame as a user might hand it over: colour, grey (L), grey16 (I;16), grey + alpha (LA), palette (P)."""
+    image = Image.fromarray(rgb)
+    grey = image.convert("L")
+    return {"colour": rgb, "grey": grey, "grey16": Image.fromarray(np.asarray(grey).astype(np.uint16) * 257),
+            "grey_alpha": grey.convert("LA"), "palette": image.convert("P", palette=Image.Palette.ADAPTIVE)}
+
+
+@pytest.mark.parametrize("variant", ["colour", "grey", "grey16", "grey_alpha", "palette"])
+def test_small_faces_in_a_large_frame(landmark_detector, small_faces_frame, variant) -> None:
+    from affectsr.images import to_rgb_uint8
+
+    frame, truths = small_faces_frame
+    image = to_rgb_uint8(_variants(frame)[variant]).rgb
+    boxes = landmark_detector.detect_faces(image)
+    assert len(boxes) == len(truths), [(round(b.x0), round(b.width)) for b in boxes]  # every face, nothing else
+    for box, truth in zip(boxes, truths):  # both left to right
+        assert _iou((box.x0, box.y0, box.x1, box.y1), truth) > 0.4
+
+
+def test_no_face_on_face_free_photos(landmark_detector) -> None:
+    from skimage import data
+
+    for name in ("coffee", "chelsea", "hubble_deep_field", "text"):
+        rgb = getattr(data, name)()
+        assert landmark_detector.detect_faces(rgb) == [], name
+        grey = rgb if rgb.ndim == 2 else np.asarray(Image.fromarray(rgb).convert("L"))
+        assert landmark_detector.detect_faces(grey) == [], f"{name} (grey)"
+
+
+def test_coarse_boxes_unchanged_for_large_faces(landmark_detector, two_face_image) -> None:
+    """Faces the single whole-image pass found keep exactly its boxes: prepare/evaluate crops must not move."""
+    from mediapipe.python.solutions import face_detection
+
+    with face_detection.FaceDetection(model_selection=1, min_detection_confidence=0.5) as single:
+        for rgb in (default_scene(), two_face_image, default_scene()[:, ::-1]):
+            h, w = rgb.shape[:2]
+            expected = sorted(
+                (d.location_data.relative_bounding_box.xmin * w, d.location_data.relative_bounding_box.ymin * h,
+                 d.location_data.relative_bounding_box.width * w)
+                for d in single.process(np.ascontiguousarray(rgb)).detections
+            )
+            boxes = [(b.x0, b.y0, b.width) for b in landmark_detector.detect_faces(rgb)]
+            for x0, y0, w in expected:  # each one there, unchanged, and no other box on it
+                near = [b for b in boxes if abs(b[0] - x0) < w and abs(b[1] - y0) < w]
+                assert len(near) == 1 and np.allclose(near[0], (x0, y0, w), atol=1e-3)
+
+
+def test_min_face_prunes_levels_and_drops_small_faces(landmark_detector, small_faces_frame) -> None:
+    frame, truths = small_faces_frame
+    assert tile_count(1920, 1080, 32) < tile_count(1920, 1080, 16) / 3  # a level fewer, 4x fewer pixels
+    assert pyramid_sizes(1920, 1080, 32)[0] == pyramid_sizes(1920, 1080, 16)[1]
+    assert len(pyramid_sizes(80, 60, 16)) == 1  # fits one tile: one level
+    sizes = sorted(max(b.width, b.height) for b in landmark_detector.detect_faces(frame, min_face=36))
+    assert len(sizes) == 2 and sizes[0] > 0.8 * 36  # the 20 and 28 px faces are not looked for
+    with LandmarkDetector(min_face=36) as det:
+        assert len(det.detect_faces(frame)) == 2
+        assert len(det.detect_faces(frame, min_face=DEFAULT_MIN_FACE)) == len(truths)
+    with pytest.raises(ValueError, match="min_face"):
+        landmark_detector.detect_faces(frame, min_face=2)
+    with pytest.raises(ValueError, match="threads"):
+        LandmarkDetector(threads=0)
+
+
+def test_greyscale_is_detected_on_a_skin_tint() -> None:
+    rgb = default_face(64)
+    grey = np.repeat(np.asarray(Image.fromarray(rgb).convert("L"))[..., None], 3, 2)
+    assert is_greyscale(grey) and not is_greyscale(rgb)
+    tinted = skin_tint(grey)
+    luma = tinted.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    unclipped = grey[..., 0] < 200
+    assert np.abs(luma - grey[..., 0])[unclipped].max() <= 2.0  # same brightness, skin-coloured
+    assert (tinted[..., 0] >= tinted[..., 1]).all() and (tinted[..., 1] >= tinted[..., 2]).all()
+
+
+def test_tight_crop_found_on_a_padded_copy(landmark_detector, astronaut_box) -> None:
+    x0, y0, x1, y1 = astronaut_box
+    cx, cy, half = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) * 0.35  # 0.7 x the box: brows to mouth
+    crop = _bicubic(default_scene()[round(cy - half):round(cy + half), round(cx - half):round(cx + half)], 128)
+    assert landmark_detector.detect_faces(crop) == []
+    boxes = landmark_detector.detect_padded(crop)
+    assert len(boxes) == 1 and boxes[0].width > 64  # in the crop's pixels: the face fills it
+    assert landmark_detector.detect_padded(np.zeros((40, 200, 3), np.uint8)) == []  # not shaped like a face crop
+
+
+def test_detect_near_finds_tracked_faces(landmark_detector, small_faces_frame) -> None:
+    frame, truths = small_faces_frame
+    near = [FaceBox(x0 + 3, y0 - 2, x1 + 3, y1 - 2, 1.0) for x0, y0, x1, y1 in truths[1:3]]  # moved a little
+    boxes = landmark_detector.detect_near(frame, near + near[:1])  # a window twice: one face, once
+    assert len(boxes) == 2
+    for box, truth in zip(boxes, truths[1:3]):
+        assert _iou((box.x0, box.y0, box.x1, box.y1), truth) > 0.4
+    assert landmark_detector.detect_near(frame, []) == []

@@ -4,6 +4,22 @@ We use the legacy ``mediapipe.solutions`` API because mediapipe 0.10.21 ships
 its .tflite files inside the wheel (the newer Tasks API wants model files
 downloaded separately). mediapipe is imported lazily so ``import affectsr``
 stays fast.
+
+Face detection is multi-scale (:meth:`LandmarkDetector.detect_faces`): MediaPipe's detectors see a
+fixed 128 px (short-range) or 192 px (full-range) view and find faces from about 16 px *of that
+view*, so a 1080p frame seen whole loses every face under about 150 px. Two passes are merged:
+
+1. the *coarse* pass, unchanged from the single-pass detector: the full-range model on the whole
+   image (small images upsampled first). Its boxes are kept as they are, so the crops that
+   ``prepare``/``evaluate`` cut from large faces do not move;
+2. the *fine* pass: a pyramid of overlapping 128 px tiles through the short-range model (about
+   2 ms a tile). Level 0 is scaled so a ``min_face`` face is 16 px of a tile; each next level halves
+   the image until it fits one tile. A face is kept from the one tile whose core holds its centre,
+   and only when no coarse box (or better-scoring fine box) overlaps it.
+
+Greyscale images are detected on a skin-tinted copy: both models were trained on colour photos and
+score grey faces lower (the bundled face at 64 px: 0.66 grey vs 0.84 colour, full-range), so small
+grey faces fell under the threshold. ``docs/DETECTION.md`` has the measurements (``affectsr bench-detect``).
 """
 
 from __future__ import annotations
@@ -12,16 +28,20 @@ import contextlib
 import math
 import os
 import sys
+import threading
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from affectsr.images import ImageReadError, resize, to_rgb_uint8
 
-__all__ = ["NUM_LANDMARKS", "FaceBox", "LandmarkDetector", "shared_detector"]
+__all__ = ["DEFAULT_MIN_FACE", "NUM_LANDMARKS", "FaceBox", "LandmarkDetector", "is_greyscale", "pyramid_sizes",
+           "shared_detector", "skin_tint", "tile_count"]
 
 NUM_LANDMARKS = 478  # MediaPipe face mesh with refined iris points
 
@@ -31,6 +51,31 @@ _DETECTION_LONG_SIDE = 256  # small images are upsampled to this long side befor
 # mesh's built-in short-range detector misses very blurry faces that fill the frame
 # (crops under ~20 px); shrinking the face with padding rescues 16-18 px crops.
 _RETRY_CONTEXT: tuple[float, ...] = (0.0, 0.25)
+
+DEFAULT_MIN_FACE = 16
+"""Smallest face (side of the detector's box, in input pixels) ``detect_faces`` looks for by default."""
+_TILE = 128  # the short-range model's input side: tiles are cut at this size from each pyramid level
+_TILE_FACE = 20  # a min_face face is scaled to this many tile pixels (the short-range model's floor)
+_TILE_OVERLAP = 40  # tile pixels shared by neighbouring tiles: a face up to this size lies whole in one tile
+_LEVEL_STEP = 2.0  # each pyramid level is the previous one shrunk by this factor
+_COARSE_KEEP = 0.1  # coarse boxes at least this fraction of the long side are kept as the whole-image pass gave them
+_VERIFY_CONTEXTS = (3.0, 2.2, 4.0)  # a candidate face is seen again centred in windows this many times its side ...
+_VERIFY_SCORE = 0.7  # ... and kept when a model scores it at least this ...
+_VERIFY_VOTES = 2  # ... in this many of the views (short-range on each window, full-range on the first)
+_VERIFY_IOU = 0.3
+_FULL_RANGE_INPUT = 192
+_MIN_FACE_SLACK = 0.8  # boxes under this fraction of min_face are dropped (box sides scatter around the face's)
+# The short-range model's box is larger and lower on the face than the full-range one's; mapped onto the
+# full-range convention (centre shift and size, in units of the box side) so crops do not depend on which
+# model found a face. Measured by ``affectsr bench-detect`` ("short_box_calibration", docs/DETECTION.md).
+_SHORT_TO_FULL = (0.015, -0.06, 0.97)  # (dx, dy, scale)
+# Skin-tone gains for greyscale images (luma-preserving: 0.299 R + 0.587 G + 0.114 B = 1).
+_SKIN_GAINS = (1.2, 0.947, 0.75)
+_GREY_TOLERANCE = 2.0  # mean |R - G| + |G - B| (levels) under which an image counts as greyscale
+# Tight crops: the face fills the frame and neither model finds it; edge padding (fraction of the
+# side, on every edge) makes it smaller in the frame. Only for images whose shape could be a face crop.
+_CROP_PAD: tuple[float, ...] = (0.25, 0.5)
+_CROP_ASPECT = 2.0
 
 
 @dataclass(frozen=True)
@@ -65,6 +110,11 @@ class FaceBox:
         return x0, y0, x0 + side, y0 + side
 
 
+_SILENCE_LOCK = threading.Lock()
+_silence_depth = 0  # fd 2 is one per process, so nested or concurrent silencing shares one redirect
+_saved_stderr: int | None = None
+
+
 @contextlib.contextmanager
 def _native_stderr_silenced(enabled: bool) -> Iterator[None]:
     """Point file descriptor 2 at /dev/null while MediaPipe builds and first runs a graph.
@@ -73,30 +123,59 @@ def _native_stderr_silenced(enabled: bool) -> Iterator[None]:
     delegate" and "inference_feedback_manager" warnings straight to fd 2, and no
     environment variable (GLOG_minloglevel, TF_CPP_MIN_LOG_LEVEL,
     ABSL_MIN_LOG_LEVEL) stops them in 0.10.21. They only appear while a graph is
-    created and on its first runs, so only that window is silenced.
+    created and on its first runs, so only that window is silenced. Tiles run in
+    threads, so the redirect is counted: the first one in redirects, the last one out restores.
     """
+    global _silence_depth, _saved_stderr
     if not enabled:
         yield
         return
-    with contextlib.suppress(Exception):
-        sys.stderr.flush()
+    with _SILENCE_LOCK:
+        if _silence_depth == 0:
+            with contextlib.suppress(Exception):
+                sys.stderr.flush()
+            try:
+                saved = os.dup(2)
+                devnull = os.open(os.devnull, os.O_WRONLY)
+            except OSError:  # no fd 2 (e.g. some daemons): nothing to silence
+                saved = None
+            if saved is not None:
+                os.dup2(devnull, 2)
+                os.close(devnull)
+                _saved_stderr = saved
+        if _saved_stderr is not None:
+            _silence_depth += 1
+        counted = _saved_stderr is not None
     try:
-        saved = os.dup(2)
-        devnull = os.open(os.devnull, os.O_WRONLY)
-    except OSError:  # no fd 2 (e.g. some daemons): nothing to silence
-        yield
-        return
-    try:
-        os.dup2(devnull, 2)
-        os.close(devnull)
         yield
     finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+        if counted:
+            with _SILENCE_LOCK:
+                _silence_depth -= 1
+                if _silence_depth == 0 and _saved_stderr is not None:
+                    os.dup2(_saved_stderr, 2)
+                    os.close(_saved_stderr)
+                    _saved_stderr = None
 
 
 _DUPLICATE_IOU = 0.25
 _DUPLICATE_COVER = 0.5
+
+
+def check_min_face(min_face: float) -> float:
+    """``min_face`` as a float, or a one-line ValueError."""
+    if not (isinstance(min_face, (int, float)) and math.isfinite(min_face) and min_face >= 4):
+        raise ValueError(f"min_face must be a number of pixels, at least 4; got {min_face!r}")
+    return float(min_face)
+
+
+def _iou(a: FaceBox, b: FaceBox) -> float:
+    iw = min(a.x1, b.x1) - max(a.x0, b.x0)
+    ih = min(a.y1, b.y1) - max(a.y0, b.y0)
+    if iw <= 0 or ih <= 0:
+        return 0.0
+    inter = iw * ih
+    return inter / (a.width * a.height + b.width * b.height - inter)
 
 
 def _suppress_duplicates(boxes: list[FaceBox]) -> list[FaceBox]:
@@ -137,11 +216,99 @@ def _as_crop_list(crops: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:
     return list(crops)
 
 
+def is_greyscale(rgb: np.ndarray) -> bool:
+    """True when an H x W x 3 uint8 image carries (almost) no colour: grey, grey16, grey+alpha, grey palettes.
+
+    Looks at every 4th pixel of every 4th row (a 1080p frame costs about a millisecond).
+    """
+    sample = rgb[::4, ::4].astype(np.int16)
+    if sample.size == 0:
+        return False
+    chroma = np.abs(sample[..., 0] - sample[..., 1]) + np.abs(sample[..., 1] - sample[..., 2])
+    return float(chroma.mean()) < _GREY_TOLERANCE
+
+
+def skin_tint(rgb: np.ndarray) -> np.ndarray:
+    """A greyscale image as a skin-toned one of the same luma, for the face detectors.
+
+    MediaPipe's detectors were trained on colour photos and use skin colour: a grey face scores
+    lower than the same face in colour and small grey faces fall under the threshold. Tinting
+    brings their recall back to that of colour faces (``affectsr bench-detect``).
+    """
+    grey = rgb[..., 1].astype(np.float32)  # the channels are equal (is_greyscale)
+    tinted = grey[..., None] * np.asarray(_SKIN_GAINS, np.float32) + 0.5
+    return np.clip(tinted, 0, 255).astype(np.uint8)
+
+
+def _tile_starts(length: int) -> list[int]:
+    """Start offsets of _TILE-long tiles covering ``length``, spread evenly so neighbours share >= _TILE_OVERLAP."""
+    if length <= _TILE:
+        return [0]
+    count = math.ceil((length - _TILE) / (_TILE - _TILE_OVERLAP)) + 1
+    return [round(i * (length - _TILE) / (count - 1)) for i in range(count)]
+
+
+def _nearest(starts: list[int], span: int, centre: float) -> int:
+    """Index of the tile whose centre is nearest ``centre``: each point belongs to exactly one tile's core."""
+    return int(np.argmin([abs(start + span / 2.0 - centre) for start in starts]))
+
+
+def pyramid_sizes(width: int, height: int, min_face: float) -> list[tuple[int, int]]:
+    """The fine pass's pyramid, as (width, height) per level: level 0 puts a ``min_face`` face at
+    _TILE_FACE tile pixels; each next level is half the previous one (2 x 2 pixel means); the last
+    one is the first that fits in one tile."""
+    scale = _TILE_FACE / min_face
+    sizes = [(max(1, round(width * scale)), max(1, round(height * scale)))]
+    while max(sizes[-1]) > _TILE:
+        lw, lh = sizes[-1]
+        sizes.append(((lw + 1) // 2, (lh + 1) // 2))  # PIL's reduce(2) rounds up
+    return sizes
+
+
+def tile_count(width: int, height: int, min_face: float = DEFAULT_MIN_FACE) -> int:
+    """How many short-range tiles the fine pass runs on a ``width`` x ``height`` image (its cost)."""
+    return sum(len(_tile_starts(lw)) * len(_tile_starts(lh)) for lw, lh in pyramid_sizes(width, height, min_face))
+
+
+def _to_full_range(x0: float, y0: float, x1: float, y1: float) -> tuple[float, float, float, float]:
+    """A short-range box in the full-range model's convention (see _SHORT_TO_FULL)."""
+    dx, dy, scale = _SHORT_TO_FULL
+    w, h = x1 - x0, y1 - y0
+    side = max(w, h)
+    cx, cy = (x0 + x1) / 2.0 + dx * side, (y0 + y1) / 2.0 + dy * side
+    return cx - w * scale / 2.0, cy - h * scale / 2.0, cx + w * scale / 2.0, cy + h * scale / 2.0
+
+
+def _boxes_from(result: Any, width: float, height: float, x: float = 0.0, y: float = 0.0,
+                scale: float = 1.0) -> list[FaceBox]:
+    """MediaPipe detections (relative to a ``width`` x ``height`` view at (x, y) of an image shrunk by
+    ``scale``) as boxes in the image's pixels; degenerate boxes are dropped."""
+    boxes = []
+    for detection in result.detections or []:
+        rel = detection.location_data.relative_bounding_box
+        x0 = (x + rel.xmin * width) / scale
+        y0 = (y + rel.ymin * height) / scale
+        x1 = (x + (rel.xmin + rel.width) * width) / scale
+        y1 = (y + (rel.ymin + rel.height) * height) / scale
+        score = float(detection.score[0]) if detection.score else 0.0
+        if not all(math.isfinite(v) for v in (x0, y0, x1, y1)) or x1 <= x0 or y1 <= y0:
+            continue
+        boxes.append(FaceBox(x0, y0, x1, y1, score))
+    return boxes
+
+
+def _clipped(box: FaceBox, width: int, height: int) -> FaceBox | None:
+    x0, y0 = float(np.clip(box.x0, 0.0, width)), float(np.clip(box.y0, 0.0, height))
+    x1, y1 = float(np.clip(box.x1, 0.0, width)), float(np.clip(box.y1, 0.0, height))
+    return FaceBox(x0, y0, x1, y1, box.score) if x1 > x0 and y1 > y0 else None
+
+
 class LandmarkDetector:
     """Face boxes and 478-point landmarks from MediaPipe models bundled in the mediapipe wheel (no download).
 
     The MediaPipe graphs are created on first use and released by :meth:`close`
-    (or the ``with`` block). An instance is not thread-safe: use one per thread.
+    (or the ``with`` block). An instance is not thread-safe: use one per thread
+    (it runs its own ``threads`` short-range graphs in parallel for the tiles of one image).
     """
 
     def __init__(
@@ -149,28 +316,41 @@ class LandmarkDetector:
         min_detection_confidence: float = 0.5,
         detector_size: int = 256,
         quiet: bool = True,
+        min_face: float = DEFAULT_MIN_FACE,
+        threads: int = 2,
     ) -> None:
-        """``quiet`` hides MediaPipe's native start-up log lines (see ``_native_stderr_silenced``)."""
+        """``quiet`` hides MediaPipe's native start-up log lines (see ``_native_stderr_silenced``).
+
+        ``min_face``: the smallest face (box side, input pixels) :meth:`detect_faces` looks for by
+        default; smaller values cost more tiles (4x for half the size). ``threads``: short-range
+        graphs run side by side on the tiles (MediaPipe releases the GIL while a graph runs).
+        """
         if not 0.0 <= min_detection_confidence <= 1.0:
             raise ValueError(f"min_detection_confidence must be in [0, 1], got {min_detection_confidence}")
         if detector_size < 32:
             raise ValueError(f"detector_size must be at least 32, got {detector_size}")
+        check_min_face(min_face)
+        if threads < 1:
+            raise ValueError(f"threads must be at least 1, got {threads}")
         self.min_detection_confidence = float(min_detection_confidence)
         self.detector_size = int(detector_size)
         self.quiet = quiet
-        self._face_detection: Any = None
-        self._face_mesh: Any = None
+        self.min_face = float(min_face)
+        self.threads = int(threads)
+        self._graphs: dict[str, Any] = {}
         self._warm: set[str] = set()
+        self._pool: ThreadPoolExecutor | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def close(self) -> None:
         """Release the MediaPipe graphs; the detector can still be used (graphs are rebuilt lazily)."""
-        for name in ("_face_detection", "_face_mesh"):
-            graph = getattr(self, name)
-            if graph is not None:
-                setattr(self, name, None)
-                graph.close()
+        graphs, self._graphs = self._graphs, {}
+        for graph in graphs.values():
+            graph.close()
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
         self._warm.clear()
 
     def __enter__(self) -> LandmarkDetector:
@@ -185,81 +365,247 @@ class LandmarkDetector:
         self.close()
 
     def _graph(self, name: str) -> Any:
-        if name == "detection":
-            if self._face_detection is None:
-                from mediapipe.python.solutions import face_detection  # lazy (module docstring)
+        """The graph ``name``: 'detection' (full-range), 'short0', 'short1', ... (short-range), 'mesh'."""
+        graph = self._graphs.get(name)
+        if graph is not None:
+            return graph
+        with _native_stderr_silenced(self.quiet):
+            if name == "mesh":
+                from mediapipe.python.solutions import face_mesh  # lazy (module docstring)
 
-                with _native_stderr_silenced(self.quiet):
-                    self._face_detection = face_detection.FaceDetection(
-                        model_selection=1,  # full-range model: faces anywhere in a photo
-                        min_detection_confidence=self.min_detection_confidence,
-                    )
-            return self._face_detection
-        if self._face_mesh is None:
-            from mediapipe.python.solutions import face_mesh  # lazy (module docstring)
-
-            with _native_stderr_silenced(self.quiet):
-                self._face_mesh = face_mesh.FaceMesh(
+                graph = face_mesh.FaceMesh(
                     static_image_mode=True,
                     max_num_faces=1,
                     refine_landmarks=True,
                     min_detection_confidence=self.min_detection_confidence,
                 )
-        return self._face_mesh
+            else:
+                from mediapipe.python.solutions import face_detection  # lazy (module docstring)
+
+                graph = face_detection.FaceDetection(
+                    model_selection=1 if name == "detection" else 0,  # 1: full-range, 0: short-range
+                    min_detection_confidence=self.min_detection_confidence,
+                )
+        self._graphs[name] = graph
+        return graph
 
     def _process(self, name: str, rgb: np.ndarray) -> Any:
-        graph = self._graph(name)
         rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
         if name in self._warm:
-            return graph.process(rgb)
-        # Some start-up warnings only come the first time a graph finds a face, so keep
-        # silencing until it has.
+            return self._graphs[name].process(rgb)
+        # Some start-up warnings only come the first time a graph finds a face, and MediaPipe's
+        # own threads print them, so one window covers building the graph up to then.
         with _native_stderr_silenced(self.quiet):
-            result = graph.process(rgb)
-        if result.detections if name == "detection" else result.multi_face_landmarks:
+            result = self._graph(name).process(rgb)
+        if result.detections if name != "mesh" else result.multi_face_landmarks:
             self._warm.add(name)
         return result
 
     # -- detection ---------------------------------------------------------------------------
 
-    def detect_faces(self, rgb: np.ndarray, max_faces: int = 32) -> list[FaceBox]:
+    def detect_faces(self, rgb: np.ndarray, max_faces: int = 32, min_face: float | None = None) -> list[FaceBox]:
         """Faces in a whole image, as boxes sorted left to right; no face is ``[]``, never an error.
 
-        Small images are upsampled first because the full-range model works on a
-        192 px letterboxed view and misses faces that fill only a few pixels of it.
+        Multi-scale (see the module docstring): the coarse full-range pass on the whole image,
+        whose boxes are kept as they are, plus the short-range tile pyramid for faces from
+        ``min_face`` pixels (default: the detector's ``min_face``); boxes under
+        0.8 x ``min_face`` are dropped. Greyscale images are detected on a skin-tinted copy.
         """
         if max_faces < 1:
             return []
+        min_face = self.min_face if min_face is None else check_min_face(min_face)
+        image = self._prepared(rgb)
+        if image is None:
+            return []
+        return self._detect(image, max_faces, min_face)
+
+    def detect_padded(self, rgb: np.ndarray, max_faces: int = 32, min_face: float | None = None) -> list[FaceBox]:
+        """Faces in a tight face crop, which :meth:`detect_faces` often misses: the face fills the frame,
+        and both models were trained on faces with some surroundings. The crop is edge-padded
+        (25%, then 50% of its side on every edge) so the face is smaller in the frame; boxes come
+        back in the crop's pixels. Only images shaped like a face crop (sides within 2:1) are tried;
+        ``min_face`` drops small boxes as in :meth:`detect_faces`.
+        """
+        min_face = self.min_face if min_face is None else check_min_face(min_face)
+        image = self._prepared(rgb)
+        if image is None:
+            return []
+        height, width = image.shape[:2]
+        if max(height, width) > _CROP_ASPECT * min(height, width):
+            return []
+        for pad_frac in _CROP_PAD:
+            pad = max(1, round(max(height, width) * pad_frac))
+            padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="edge")
+            # the face is at least a third of the padded frame: one coarse pass and one short-range view
+            side = max(padded.shape[:2])
+            # one view seeing the face again is enough here (a face crop is what callers hand over);
+            # with none, 16 of 234 square crops of face-free photos gave a face, with one none did
+            boxes = self._detect(padded, max_faces, min_face=side / 4.0, votes=1)
+            boxes = [b for b in (_clipped(FaceBox(b.x0 - pad, b.y0 - pad, b.x1 - pad, b.y1 - pad, b.score),
+                                          width, height) for b in boxes)
+                     if b is not None and max(b.width, b.height) >= _MIN_FACE_SLACK * min_face]
+            if boxes:
+                return boxes
+        return []
+
+    def detect_near(self, rgb: np.ndarray, boxes: Sequence[FaceBox], context: float = 2.0,
+                    min_face: float | None = None) -> list[FaceBox]:
+        """Faces inside windows around known boxes (video: where the tracked faces were in the last frame).
+
+        Each window is the box's square with ``context`` x its side around it (room for the face to
+        move), detected like a whole image (one or a few tiles instead of a whole frame's pyramid);
+        boxes come back in ``rgb``'s pixels, a face seen by two windows once.
+        """
+        image = self._prepared(rgb)
+        if image is None or not boxes:
+            return []
+        min_face = self.min_face if min_face is None else check_min_face(min_face)
+        height, width = image.shape[:2]
+        found: list[FaceBox] = []
+        for box in boxes:
+            x0, y0, x1, y1 = box.square(context)
+            x0, y0, x1, y1 = max(0, x0), max(0, y0), min(width, x1), min(height, y1)
+            if min(x1 - x0, y1 - y0) < _MIN_SHORT_SIDE:
+                continue
+            for b in self._detect(image[y0:y1, x0:x1], 32, min_face):
+                found.append(FaceBox(b.x0 + x0, b.y0 + y0, b.x1 + x0, b.y1 + y0, b.score))
+        found = _suppress_duplicates(sorted(found, key=lambda box: -box.score))
+        return sorted(found, key=lambda box: (box.x0, box.y0))
+
+    def _prepared(self, rgb: np.ndarray) -> np.ndarray | None:
+        """The image as RGB uint8 (skin-tinted when grey), or None when it is too small to hold a face."""
         try:
             image = to_rgb_uint8(rgb).rgb
         except ImageReadError:
             if isinstance(rgb, np.ndarray) and 0 in rgb.shape[:2]:
-                return []
+                return None
             raise
+        if min(image.shape[:2]) < _MIN_SHORT_SIDE:
+            return None
+        return skin_tint(image) if is_greyscale(image) else image
+
+    def _detect(self, image: np.ndarray, max_faces: int, min_face: float, votes: int = _VERIFY_VOTES) -> list[FaceBox]:
         height, width = image.shape[:2]
-        if min(height, width) < _MIN_SHORT_SIDE:
-            return []
+
+        def clipped(boxes: list[FaceBox]) -> list[FaceBox]:
+            return [b for b in (_clipped(b, width, height) for b in sorted(boxes, key=lambda b: -b.score)) if b]
+
+        # Coarse boxes of faces the whole-image view sees large enough are kept as they are and come
+        # first (a fine box never displaces one); smaller ones are placed loosely (a 30 px face in a
+        # 1280 px frame is 4 px of the 192 px view) and compete with the tiles' boxes instead.
+        keep = _COARSE_KEEP * max(height, width)
+        coarse_all = clipped(self._coarse_boxes(image))
+        coarse = [b for b in coarse_all if max(b.width, b.height) >= keep]
+        loose = [b for b in coarse_all if max(b.width, b.height) < keep]
+        boxes = _suppress_duplicates(coarse)
+        # Best first, each candidate not yet covered by a kept box is looked at again; one that fails
+        # does not hide the others (a face's second box, from another level, may pass).
+        for candidate in clipped(self._fine_boxes(image, min_face) + loose):
+            if len(_suppress_duplicates(boxes + [candidate])) > len(boxes):
+                verified = self._verify(image, candidate, votes)
+                if verified is not None and (verified := _clipped(verified, width, height)) is not None:
+                    boxes = _suppress_duplicates(boxes + [verified])
+        boxes = [b for b in boxes if max(b.width, b.height) >= _MIN_FACE_SLACK * min_face]
+        boxes = sorted(boxes, key=lambda box: -box.score)[:max_faces]
+        boxes.sort(key=lambda box: (box.x0, box.y0))
+        return boxes
+
+    def _verify(self, image: np.ndarray, box: FaceBox, votes: int = _VERIFY_VOTES) -> FaceBox | None:
+        """A candidate face seen again, centred in windows a few times its side: its box there, or None.
+
+        Textures that fire the short-range model in one tile (star fields, print, grass, a rocket's
+        nose cone) rarely do again once centred at other scales, while faces do. A candidate is kept
+        when at least ``votes`` (0: always) of these views score it >= _VERIFY_SCORE: the short-range model
+        on windows of _VERIFY_CONTEXTS x its side, then the full-range model on the first window
+        (looked at in turn until the votes are in or cannot be). ``affectsr bench-detect`` measured
+        these choices (docs/DETECTION.md).
+        """
+        if votes <= 0:
+            return box
+        views = [(context, "short0", _TILE) for context in _VERIFY_CONTEXTS]
+        views.append((_VERIFY_CONTEXTS[0], "detection", _FULL_RANGE_INPUT))
+        passed: list[FaceBox] = []
+        for tried, (context, graph, side) in enumerate(views, 1):
+            found = self._seen_again(image, box, context, graph, side)
+            if found is not None and found.score >= _VERIFY_SCORE:
+                passed.append(found)
+            if len(passed) >= votes:
+                return max(passed, key=lambda b: b.score)
+            if len(passed) + len(views) - tried < votes:
+                return None  # the remaining views cannot make up the votes
+        return None
+
+    def _seen_again(self, image: np.ndarray, box: FaceBox, context: float, graph: str, side: int) -> FaceBox | None:
+        """The best detection overlapping ``box`` in a square window ``context`` x its side around it,
+        resized to ``side`` x ``side``."""
+        height, width = image.shape[:2]
+        x0, y0, x1, y1 = box.square(context - 1.0)
+        # edge pixels repeated past the image: the candidate stays centred (a face at the border, a tight crop)
+        ys = np.clip(np.arange(y0, y1), 0, height - 1)
+        xs = np.clip(np.arange(x0, x1), 0, width - 1)
+        scale = side / (x1 - x0)
+        window = resize(image[ys[:, None], xs[None, :]], (side, side))
+        best = None
+        for b in _boxes_from(self._process(graph, window), window.shape[1], window.shape[0]):
+            corners = (x0 + b.x0 / scale, y0 + b.y0 / scale, x0 + b.x1 / scale, y0 + b.y1 / scale)
+            b = FaceBox(*(_to_full_range(*corners) if graph != "detection" else corners), b.score)
+            if _iou(b, box) > _VERIFY_IOU and (best is None or b.score > best.score):
+                best = b
+        return best
+
+    def _coarse_boxes(self, image: np.ndarray) -> list[FaceBox]:
+        """The full-range model on the whole image (the single-pass detector's boxes, unchanged).
+
+        Small images are upsampled first because the full-range model works on a 192 px
+        letterboxed view and misses faces that fill only a few pixels of it.
+        """
+        height, width = image.shape[:2]
         long_side = max(height, width)
         if long_side < _DETECTION_LONG_SIDE:
             scale = _DETECTION_LONG_SIDE / long_side
             image = resize(image, (max(1, round(width * scale)), max(1, round(height * scale))))
+        # Relative coordinates do not depend on the upsampling, so map straight to the input size.
+        return _boxes_from(self._process("detection", image), width, height)
 
-        result = self._process("detection", image)
-        boxes: list[FaceBox] = []
-        for detection in result.detections or []:
-            rel = detection.location_data.relative_bounding_box
-            # Relative coordinates do not depend on the upsampling, so map straight to the input size.
-            x0 = float(np.clip(rel.xmin * width, 0.0, width))
-            y0 = float(np.clip(rel.ymin * height, 0.0, height))
-            x1 = float(np.clip((rel.xmin + rel.width) * width, 0.0, width))
-            y1 = float(np.clip((rel.ymin + rel.height) * height, 0.0, height))
-            score = float(detection.score[0]) if detection.score else 0.0
-            if not all(math.isfinite(v) for v in (x0, y0, x1, y1)) or x1 <= x0 or y1 <= y0:
-                continue
-            boxes.append(FaceBox(x0, y0, x1, y1, score))
-        boxes = _suppress_duplicates(sorted(boxes, key=lambda box: -box.score))[:max_faces]
-        boxes.sort(key=lambda box: (box.x0, box.y0))
-        return boxes
+    def _fine_boxes(self, image: np.ndarray, min_face: float) -> list[FaceBox]:
+        """The short-range model on every tile of the pyramid; each face comes from the tile whose core holds it."""
+        height, width = image.shape[:2]
+        jobs = []
+        level = None
+        for lw, lh in pyramid_sizes(width, height, min_face):
+            if level is None:
+                level = resize(image, (lw, lh))
+            else:  # halving by 2 x 2 means: cheaper than a resize from the full image, and anti-aliased
+                level = np.asarray(Image.fromarray(level).reduce(2))
+            xs, ys = _tile_starts(lw), _tile_starts(lh)
+            for y in ys:
+                for x in xs:
+                    jobs.append((level[y:y + _TILE, x:x + _TILE], x, y, lw / width, lh / height, xs, ys))
+        if not jobs:
+            return []
+
+        def run(worker: int) -> list[FaceBox]:
+            found = []
+            for tile, x, y, sx, sy, xs, ys in jobs[worker::self.threads]:
+                th, tw = tile.shape[:2]
+                for b in _boxes_from(self._process(f"short{worker}", tile), tw, th, x, y):
+                    cx, cy = (b.x0 + b.x1) / 2.0, (b.y0 + b.y1) / 2.0
+                    if xs[_nearest(xs, tw, cx)] != x or ys[_nearest(ys, th, cy)] != y:
+                        continue  # a neighbouring tile holds this face's centre in its core
+                    x0, y0, x1, y1 = _to_full_range(b.x0 / sx, b.y0 / sy, b.x1 / sx, b.y1 / sy)
+                    found.append(FaceBox(x0, y0, x1, y1, b.score))
+            return found
+
+        workers = min(self.threads, len(jobs))
+        cold = any(f"short{worker}" not in self._warm for worker in range(workers))
+        with _native_stderr_silenced(self.quiet and cold):  # one window over the threads' first runs
+            if workers == 1:
+                return run(0)
+            for worker in range(workers):
+                self._graph(f"short{worker}")  # built here, not in the threads, which share the dict
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="affectsr-detect")
+            return [box for part in self._pool.map(run, range(workers)) for box in part]
 
     def detect_landmarks(self, crops: np.ndarray | Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """478 landmarks per face crop: (B x 478 x 3 float32, found B bool); rows without a face are NaN.
