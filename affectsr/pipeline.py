@@ -21,6 +21,7 @@ from PIL import Image
 from .faces import crop_padded, feather_mask, paste
 from .images import LoadedImage, read_image, resize, save_image, to_rgb_uint8
 from .landmarks import FaceBox, LandmarkDetector
+from .landmarks.detector import check_min_face
 from .landmarks.predictor import default_predictor_path, get_landmarks, load_predictor
 from .models import PRESETS, WeightsNotFoundError, create_model, load_model
 from .models.presets import default_model
@@ -97,11 +98,13 @@ class Upscaler:
     """Holds one model and one landmark detector, for upscaling many images."""
 
     def __init__(self, scale: int | None = None, model: SRModel | str | None = None, device: str | None = None,
-                 margin: float = 0.6, detector: LandmarkDetector | None = None, landmarks: str = "auto"):
+                 margin: float = 0.6, detector: LandmarkDetector | None = None, landmarks: str = "auto",
+                 min_face: float | None = None):
         """``scale=None`` takes the model's scale (4 when no model is named either).
 
         ``landmarks``: 'detect' (MediaPipe on the LR crop), 'predict' (the learned LR landmark
         predictor shipped for the scale), 'auto' (detect, else predict; 'detect' when no predictor ships).
+        ``min_face``: smallest face looked for, in input pixels (default: the detector's, 16).
         """
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model, self.model_name, self.trained = resolve_model(model, scale or 4, self.device)
@@ -109,6 +112,7 @@ class Upscaler:
         if self.model.scale != scale:
             raise ValueError(f"model {self.model_name!r} upscales x{self.model.scale}, but scale={scale} was asked")
         self.scale, self.margin = scale, margin
+        self.min_face = None if min_face is None else check_min_face(min_face)
         self.detector = detector or LandmarkDetector()
         check_landmark_mode(landmarks)
         path = default_predictor_path(scale) if landmarks != "detect" else None
@@ -204,9 +208,15 @@ class Upscaler:
             face = FaceResult((0, 0, w, h), None, None if lm is None else lm * [w, h, 1])
             return UpscaleResult(out, [face], s, self.model_name, self.trained, alpha, notes)
 
-        detections = self.detector.detect_faces(rgb)
+        detections = self.detector.detect_faces(rgb, min_face=self.min_face)
         if not detections:
-            notes.append("no face found: the whole image was upscaled bicubically")
+            detections = self.detector.detect_padded(rgb, min_face=self.min_face)  # a face crop without aligned=True?
+            if detections:
+                notes.append("no face found in the image as it is, but on a padded copy (as for a tight face "
+                             "crop); for face crops pass --aligned (aligned=True): no detection, the whole image is the face")
+            else:
+                notes.append("no face found: the whole image was upscaled bicubically"
+                             + (" (if it is a face crop, pass --aligned)" if max(h, w) <= 2 * min(h, w) else ""))
         boxes = [fb.square(self.margin) for fb in detections]
         for x0, y0, x1, _ in boxes:
             if x1 - x0 > self.max_face_side:

@@ -201,3 +201,29 @@ def test_compose_is_the_one_per_face_loop(upscaler, two_face_image):
     background = np.full_like(res.image, 255)
     pasted, _ = upscaler.compose(two_face_image, boxes[:1], used[:1], background=background)
     assert pasted is background and (background != 255).any() and (background[:, -40:] == 255).all()  # left face only
+
+
+def test_tight_crop_without_aligned_is_found_on_a_padded_copy_with_a_note(upscaler):
+    from affectsr.assets import default_scene
+
+    x0, y0, x1, y1 = 173.66, 67.78, 277.59, 171.70  # the astronaut's face box (test_landmarks)
+    cx, cy, half = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) * 0.35
+    crop = resize(default_scene()[round(cy - half):round(cy + half), round(cx - half):round(cx + half)], (128, 128))
+    res = upscaler(crop)
+    assert len(res.faces) == 1 and res.faces[0].landmarks is not None
+    assert any("padded copy" in n and "--aligned" in n for n in res.notes)
+    assert not any("upscaled bicubically" in n for n in res.notes)
+
+
+def test_no_face_note_points_square_images_at_aligned(upscaler, no_face_image):
+    square = no_face_image[:200, :200]
+    assert any("--aligned" in n for n in upscaler(square).notes)
+    assert not any("--aligned" in n for n in upscaler(np.ascontiguousarray(no_face_image[:60, :])).notes)  # 320 x 60
+
+
+def test_min_face_is_checked_and_passed_to_the_detector(tiny_model, landmark_detector, two_face_image):
+    with pytest.raises(ValueError, match="min_face"):
+        Upscaler(4, tiny_model, device="cpu", detector=landmark_detector, min_face=1)
+    big = Upscaler(4, tiny_model, device="cpu", detector=landmark_detector, min_face=400)
+    assert big(two_face_image).faces == []  # both faces are under 0.8 x 400 px: not looked for
+    assert len(Upscaler(4, tiny_model, device="cpu", detector=landmark_detector, min_face=24)(two_face_image).faces) == 2

@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 from ..export import ExportError, load_onnx_model
 from ..images import ImageReadError, iter_image_files
+from ..landmarks.detector import DEFAULT_MIN_FACE
 from ..pipeline import UntrainedModelWarning, Upscaler
 from ..types import LANDMARK_MODES, SCALES
 from .common import device_error
@@ -28,6 +29,8 @@ def add_parser(subparsers) -> None:
     u.add_argument("--overwrite", action="store_true", help="replace existing output files")
     u.add_argument("--ext", default=None, help="output format, e.g. png (default: keep the input's)")
     u.add_argument("--margin", type=float, default=0.6, help="face crop margin around the detected box (default 0.6)")
+    u.add_argument("--min-face", type=float, default=DEFAULT_MIN_FACE, metavar="PX",
+                   help=f"smallest face looked for, in input pixels (default {DEFAULT_MIN_FACE}; larger is faster)")
     u.add_argument("--landmarks", choices=LANDMARK_MODES, default="auto",
                    help="landmark route for the prior: MediaPipe (detect), the learned LR predictor (predict), "
                         "or detect then predict (auto, default)")
@@ -116,7 +119,8 @@ def run(args: argparse.Namespace) -> int:
                     model = load_onnx_model(args.model, args.scale)
                 except (ExportError, ImportError, OSError) as e:
                     raise ValueError(f"--backend onnxruntime: {e}") from e
-            up = Upscaler(args.scale, model, args.device, margin=args.margin, landmarks=args.landmarks)
+            up = Upscaler(args.scale, model, args.device, margin=args.margin, landmarks=args.landmarks,
+                          min_face=args.min_face)
         except (ValueError, FileNotFoundError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
