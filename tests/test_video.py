@@ -13,7 +13,9 @@ import pytest
 from affectsr.images import resize
 from affectsr.pipeline import Upscaler
 from affectsr.commands.video import add_parser
-from affectsr.video import VideoError, upscale_video, write_video
+from affectsr.landmarks import FaceBox
+from affectsr.video import KeyframeDetector, VideoError, upscale_video, write_video
+from affectsr.video.tracking import FaceTracker
 
 pytestmark = pytest.mark.slow  # every test encodes and decodes clips
 
@@ -82,6 +84,7 @@ def test_face_clip_keeps_frames_size_rate_and_audio(face_clip, upscaler, tmp_pat
     assert (rep.frames, rep.size_in, rep.size_out) == (N, (W, H), (4 * W, 4 * H))
     assert rep.rate == "10" and rep.fps == 10.0 and rep.audio_copied is True and rep.audio == "copied (aac)"
     assert rep.tracks == 1 and sum(rep.faces_per_frame) >= N - 1  # one face, one track
+    assert 2 <= rep.keyframes < N and rep.detect_seconds_per_frame > 0  # frames 0 and 8, and after any miss
     dst = _streams(out)
     assert dst["frames"] == N and dst["size"] == (4 * W, 4 * H) and dst["rate"] == Fraction(FPS)
     assert dst["audio"]["codec"] == "aac" and abs(dst["audio"]["seconds"] - src["audio"]["seconds"]) <= 0.1
@@ -96,6 +99,50 @@ def test_face_clip_keeps_frames_size_rate_and_audio(face_clip, upscaler, tmp_pat
     assert st["pairs"] >= N - 2 and st["flicker_sr"] > 0 and st["flicker_bicubic"] > 0
     assert 0 <= st["fer_js_sr"] <= 1 and np.isfinite(st["jitter_raw"])
     assert not list(tmp_path.glob(".*"))  # no temporary file left behind
+
+
+class _CountingDetector:
+    """Stands in for LandmarkDetector: one face that moves right 2 px a frame; records which method ran."""
+
+    def __init__(self, miss_at=()):
+        self.calls, self.frame, self.miss_at = [], 0, set(miss_at)
+
+    def _face(self):
+        x = 20 + 2 * self.frame
+        self.frame += 1
+        return [] if self.frame - 1 in self.miss_at else [FaceBox(x, 30, x + 30, 60, 0.9)]
+
+    def detect_faces(self, rgb, min_face=None):
+        self.calls.append("whole")
+        return self._face()
+
+    def detect_near(self, rgb, boxes, min_face=None):
+        self.calls.append(("near", len(boxes)))
+        return self._face()
+
+
+def test_keyframes_scan_the_whole_frame_and_track_in_between():
+    frame = np.zeros((H, W, 3), np.uint8)
+    det, tracker = _CountingDetector(), FaceTracker()
+    keys = KeyframeDetector(det, interval=4)
+    for i in range(9):
+        tracker.update(keys(frame, tracker), i / FPS)
+    assert det.calls == ["whole", ("near", 1), ("near", 1), ("near", 1)] * 2 + ["whole"]
+    assert keys.keyframes == 3 and keys.frames == 9 and keys.seconds > 0
+    # a frame where the face was lost makes the next one a keyframe
+    det, tracker = _CountingDetector(miss_at={2}), FaceTracker()
+    keys = KeyframeDetector(det, interval=4)
+    for i in range(5):
+        tracker.update(keys(frame, tracker), i / FPS)
+    assert det.calls == ["whole", ("near", 1), ("near", 1), "whole", "whole"]
+    # no face at all: nothing between keyframes
+    det = _CountingDetector(miss_at=set(range(9)))
+    keys, tracker = KeyframeDetector(det, interval=4), FaceTracker()
+    for i in range(6):
+        tracker.update(keys(frame, tracker), i / FPS)
+    assert det.calls == ["whole", "whole"] and keys.keyframes == 2
+    with pytest.raises(ValueError, match="interval"):
+        KeyframeDetector(det, interval=0)
 
 
 def test_no_face_video_is_bicubic_and_the_original_stays(plain_clip, upscaler, tmp_path):

@@ -6,6 +6,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from ..landmarks.detector import DEFAULT_MIN_FACE, check_min_face
 from ..pipeline import UntrainedModelWarning
 from ..types import SCALES
 from ..video.io import VIDEO_FORMATS, VideoError, check_paths, open_input
@@ -30,6 +31,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--stats", metavar="FILE.json", default=None,
                    help="measure temporal stability (flicker SR vs bicubic, landmark jitter, FER change) into FILE.json")
     p.add_argument("--max-frames", type=int, default=None, metavar="N", help="stop after N frames")
+    p.add_argument("--min-face", type=float, default=None, metavar="PX",
+                   help=f"smallest face looked for, in input pixels (default {DEFAULT_MIN_FACE}; larger is faster)")
+    p.add_argument("--keyframe-interval", type=int, default=8, metavar="N",
+                   help="scan the whole frame for faces every N frames, tracking in between (default 8)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -41,6 +46,15 @@ def run(args: argparse.Namespace) -> int:
     if args.max_frames is not None and args.max_frames < 1:
         print("error: --max-frames must be at least 1", file=sys.stderr)
         return 2
+    if args.keyframe_interval < 1:
+        print("error: --keyframe-interval must be at least 1", file=sys.stderr)
+        return 2
+    if args.min_face is not None:
+        try:
+            check_min_face(args.min_face)
+        except ValueError as e:
+            print(f"error: --min-face: {e}", file=sys.stderr)
+            return 2
     src, dst = Path(args.input), Path(args.output)
     try:  # cheap checks before loading any model
         check_paths(src, dst, args.overwrite)
@@ -52,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
         warnings.simplefilter("always", UntrainedModelWarning)
         try:
             report = upscale_video(src, dst, args.scale, args.model, args.device, args.overwrite, args.smooth,
-                                   args.stats, progress=not args.quiet, max_frames=args.max_frames)
+                                   args.stats, progress=not args.quiet, max_frames=args.max_frames,
+                                   keyframe_interval=args.keyframe_interval, min_face=args.min_face)
         except (VideoError, ValueError, FileExistsError, FileNotFoundError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

@@ -7,9 +7,9 @@
 """
 from .io import VIDEO_FORMATS, VideoError, write_video
 from .stability import FaceRecord, FaceSample, StabilityMeter, measure_stability, upsample_flow
-from .tracking import FaceTracker, OneEuroFilter, TrackerConfig
+from .tracking import FaceTracker, KeyframeDetector, OneEuroFilter, TrackerConfig
 from .upscale import VideoReport, upscale_frame, upscale_video
 
-__all__ = ["VIDEO_FORMATS", "FaceRecord", "FaceSample", "FaceTracker", "OneEuroFilter", "StabilityMeter", "TrackerConfig",
+__all__ = ["VIDEO_FORMATS", "FaceRecord", "FaceSample", "FaceTracker", "KeyframeDetector", "OneEuroFilter", "StabilityMeter", "TrackerConfig",
            "VideoError", "VideoReport", "measure_stability", "upsample_flow", "upscale_frame", "upscale_video",
            "write_video"]

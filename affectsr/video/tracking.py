@@ -9,17 +9,20 @@ landmarks jitter. Tracking and smoothing take most of that out of the crops and 
 - :class:`LandmarkSmoother`: One-Euro on the landmarks' shape while their pose follows at once.
 - :class:`FaceTracker`: greedy IoU matching of each frame's detections to tracks, so a face keeps
   one id (and one filter state) across frames; tracks survive a few missed detections.
+- :class:`KeyframeDetector`: the whole frame scanned for faces on keyframes only, the tracked
+  faces' surroundings in between (a 1080p frame's full scan costs far more than a few windows).
 """
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..landmarks import FaceBox
+from ..landmarks import FaceBox, LandmarkDetector
 
-__all__ = ["FaceTrack", "FaceTracker", "LandmarkSmoother", "OneEuroConfig", "OneEuroFilter", "TrackerConfig", "box_iou"]
+__all__ = ["FaceTrack", "FaceTracker", "KeyframeDetector", "LandmarkSmoother", "OneEuroConfig", "OneEuroFilter", "TrackerConfig", "box_iou"]
 
 
 # --- One-Euro filter ---------------------------------------------------------------------------------
@@ -319,3 +322,37 @@ class FaceTracker:
         tr.detection, tr.t_detection, tr.matched, tr.hits, tr.misses = d, t, True, tr.hits + 1, 0
         if observe:
             tr._observe(d, t)
+
+
+# --- keyframe detection ------------------------------------------------------------------------------
+
+
+class KeyframeDetector:
+    """Which faces a frame has: the full multi-scale detector on keyframes, the tracked faces' surroundings between.
+
+    A keyframe is every ``interval``-th frame, the first, and any frame after one where a track went
+    unmatched (a face lost or occluded). Between keyframes each live track is re-detected in a window
+    around its last box (:meth:`~affectsr.landmarks.LandmarkDetector.detect_near`: a few tiles, not a
+    1080p frame's many); a new face appears at the next keyframe. ``seconds`` adds up the time spent.
+    """
+
+    def __init__(self, detector: LandmarkDetector, interval: int = 8, min_face: float | None = None):
+        if interval < 1:
+            raise ValueError(f"keyframe interval must be at least 1, got {interval}")
+        self.detector, self.interval, self.min_face = detector, interval, min_face
+        self.frames = self.keyframes = 0
+        self.seconds = 0.0
+
+    def __call__(self, rgb: np.ndarray, tracker: FaceTracker) -> list[FaceBox]:
+        start = time.perf_counter()
+        live = tracker.tracks
+        if self.frames % self.interval == 0 or any(not tr.matched for tr in live):
+            boxes = self.detector.detect_faces(rgb, min_face=self.min_face)
+            self.keyframes += 1
+        elif live:
+            boxes = self.detector.detect_near(rgb, [tr.observed for tr in live], min_face=self.min_face)
+        else:  # no face until the next keyframe
+            boxes = []
+        self.frames += 1
+        self.seconds += time.perf_counter() - start
+        return boxes

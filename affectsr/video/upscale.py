@@ -45,7 +45,7 @@ from ..pipeline import MAX_OUTPUT_PIXELS, Upscaler
 from ..types import SRModel
 from .io import VideoError, VideoWriter, check_paths, open_input, read_events, upright
 from .stability import FaceRecord, Motion, StabilityMeter
-from .tracking import FaceTracker, TrackerConfig
+from .tracking import FaceTracker, KeyframeDetector, TrackerConfig
 
 __all__ = ["VideoReport", "upscale_frame", "upscale_video"]
 
@@ -73,6 +73,8 @@ class VideoReport:
     smooth: bool
     stability: dict | None = None
     notes: list[str] = field(default_factory=list)
+    keyframes: int = 0  # frames scanned whole by the face detector (the others: around the tracked faces)
+    detect_seconds_per_frame: float = 0.0  # wall-clock face detection per frame, keyframes and between
 
     @property
     def mean_faces(self) -> float:
@@ -87,24 +89,27 @@ class VideoReport:
         (wi, hi), (wo, ho) = self.size_in, self.size_out
         return (f"wrote {self.dst}: {self.frames} frames at {self.fps:.3f} fps, {wi}x{hi} -> {wo}x{ho}, "
                 f"{self.tracks} face track(s), {self.mean_faces:.2f} faces/frame, audio {self.audio}, "
-                f"{self.seconds:.1f} s ({self.frames_per_second:.2f} frames/s; {self.cpu_seconds:.1f} CPU s)")
+                f"{self.seconds:.1f} s ({self.frames_per_second:.2f} frames/s; {self.cpu_seconds:.1f} CPU s; "
+                f"face detection {1000 * self.detect_seconds_per_frame:.0f} ms/frame, {self.keyframes} keyframes)")
 
 
 # --- one frame ---------------------------------------------------------------------------------------
 
 
-def upscale_frame(up: Upscaler, rgb: np.ndarray, tracker: FaceTracker, t: float
-                  ) -> tuple[np.ndarray, np.ndarray, list[FaceRecord]]:
+def upscale_frame(up: Upscaler, rgb: np.ndarray, tracker: FaceTracker, t: float,
+                  detect: KeyframeDetector | None = None) -> tuple[np.ndarray, np.ndarray, list[FaceRecord]]:
     """One LR frame -> (output, bicubic, records): each face detected, tracked, super-resolved, pasted back.
 
     :meth:`Upscaler.compose` does the pasting, given the crop boxes and landmarks of the tracks
     (smoothed) instead of this frame's detection alone. A track the detector missed but whose
     landmarks MediaPipe still finds in the predicted crop counts as detected (landmark tracking),
     so a face keeps one track through detector dropouts.
+    ``detect``: keyframe detection (default: the whole detector on every frame).
     """
     s = up.scale
     h, w = rgb.shape[:2]
-    tracks = tracker.update(up.detector.detect_faces(rgb), t)
+    boxes = detect(rgb, tracker) if detect is not None else up.detector.detect_faces(rgb, min_face=up.min_face)
+    tracks = tracker.update(boxes, t)
     bic = resize(rgb, (w * s, h * s))
     records, boxes, landmarks = [], [], []
     for tr in tracks:
@@ -137,7 +142,8 @@ def upscale_video(src: str | Path, dst: str | Path, scale: int | None = None,
                   overwrite: bool = False, smooth: bool = True, stats: bool | str | Path | None = None,
                   progress: bool = True, max_frames: int | None = None, *, upscaler: Upscaler | None = None,
                   tracker: TrackerConfig | None = None, motion: Motion | None = None,
-                  crf: int = 18, preset: str = "veryfast") -> VideoReport:
+                  crf: int = 18, preset: str = "veryfast", keyframe_interval: int = 8,
+                  min_face: float | None = None) -> VideoReport:
     """Super-resolve every face of every frame of ``src`` into ``dst`` (.mp4, .m4v, .mov or .mkv).
 
     ``scale``/``model``/``device`` as for :class:`~affectsr.pipeline.Upscaler` (or pass a ready
@@ -145,6 +151,9 @@ def upscale_video(src: str | Path, dst: str | Path, scale: int | None = None,
     ``stats``: True (measure stability into ``report.stability``) or a .json path (also written
     there, never replacing a file without ``overwrite``); ``motion`` gives the true motion for it
     (synthetic clips). ``max_frames``: stop after that many frames (audio is cut near there).
+    ``keyframe_interval``: the whole frame is scanned for faces every that many frames (and after a
+    lost track); in between, only around the tracked faces (:class:`KeyframeDetector`).
+    ``min_face``: smallest face looked for, in input pixels (default: the upscaler's).
     Raises VideoError (unreadable input), FileExistsError, ValueError (bad arguments).
     """
     src, dst = Path(src), Path(dst)
@@ -167,6 +176,7 @@ def upscale_video(src: str | Path, dst: str | Path, scale: int | None = None,
         s = up.scale
         meter = StabilityMeter(s, up.margin, motion, device=str(up.device)) if stats else None
         tracks = FaceTracker(tracker, smooth=smooth)
+        detect = KeyframeDetector(up.detector, keyframe_interval, up.min_face if min_face is None else min_face)
         tb = Fraction(v.time_base) if v.time_base else 1 / rate
         dst.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.stem}.", suffix=dst.suffix)
@@ -212,7 +222,7 @@ def upscale_video(src: str | Path, dst: str | Path, scale: int | None = None,
                     pts = last_pts + 1  # repeated/broken time stamps would stop the encoder
                 last_pts = pts
                 t = float(pts * tb)
-                out, bic, records = upscale_frame(up, rgb, tracks, t)
+                out, bic, records = upscale_frame(up, rgb, tracks, t, detect)
                 n_tracks = tracks.started
                 if meter is not None:
                     meter.add(i, rgb, out, bic, records)
@@ -238,7 +248,8 @@ def upscale_video(src: str | Path, dst: str | Path, scale: int | None = None,
         frames = len(faces_per_frame)
         report = VideoReport(str(src), str(dst), frames, float(rate), str(rate), size_in, size_out, audio, copied,
                              faces_per_frame, n_tracks, round(seconds, 3), round(frames / max(seconds, 1e-9), 3),
-                             round(cpu, 3), up.model_name, s, smooth, meter.summary() if meter is not None else None, notes)
+                             round(cpu, 3), up.model_name, s, smooth, meter.summary() if meter is not None else None, notes,
+                             detect.keyframes, round(detect.seconds / max(frames, 1), 4))
         if stats_path is not None:
             text = json.dumps(report.to_dict(), indent=2) + "\n"
             atomic_write(stats_path, lambda p: Path(p).write_text(text))
