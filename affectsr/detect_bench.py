@@ -209,13 +209,13 @@ def _patch(source: FaceSource, size: float) -> tuple[np.ndarray, Box]:
 
 def build_scene(rng: np.random.Generator, background: np.ndarray, sources: Sequence[FaceSource],
                 sizes: Sequence[float], name: str = "") -> Scene:
-    """Paste one face per size (a random source each) at random places that do not overlap; returns the scene
-    and its ground-truth boxes. Faces that find no free place (after 200 tries) are left out."""
+    """Paste one face per size (a random source each, the largest first) at random places that do not overlap;
+    returns the scene and its ground-truth boxes. Faces that find no free place (after 200 tries) are left out."""
     canvas = background.astype(np.float32)
     height, width = canvas.shape[:2]
     taken: list[tuple[int, int, int, int]] = []
     boxes, names = [], []
-    for size in sizes:
+    for size in sorted(sizes, reverse=True):  # the largest patches first, while there is room
         source = sources[int(rng.integers(len(sources)))]
         patch, (fx0, fy0, fx1, fy1) = _patch(source, size)
         ph, pw = patch.shape[:2]

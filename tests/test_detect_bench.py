@@ -41,15 +41,17 @@ def test_build_scene_places_faces_of_the_asked_sizes(landmark_detector) -> None:
     b = B.build_scene(np.random.default_rng(3), bg, sources, sizes)
     np.testing.assert_array_equal(a.rgb, b.rgb)  # seeded: the same scene every run
     assert a.boxes == b.boxes and len(a.boxes) == 4 and a.rgb.shape == (360, 640, 3)
-    assert a.sizes == pytest.approx(sizes, rel=0.05)
+    assert sorted(a.sizes) == pytest.approx(sizes, rel=0.05)
     for x0, y0, x1, y1 in a.boxes:
         assert 0 <= x0 < x1 <= 640 and 0 <= y0 < y1 <= 360
     # the mapped box is where the face is: the detector finds the 60 px one there
     found = B._boxes(landmark_detector.detect_faces(a.rgb))
-    assert B.match(found, a.boxes[3:])[0] == [True]
+    largest = max(a.boxes, key=lambda b: b[2] - b[0])
+    assert B.match(found, [largest])[0] == [True]
     assert B.scene_sizes(np.random.default_rng(0), ((10, 20), (20, 40)), 4, 1)[0] >= 20  # bins in turn from start
 
 
+@pytest.mark.slow
 def test_backgrounds_hold_no_face(landmark_detector) -> None:
     for name, photo in B.backgrounds():
         assert photo.ndim == 3 and photo.dtype == np.uint8
@@ -57,17 +59,17 @@ def test_backgrounds_hold_no_face(landmark_detector) -> None:
 
 
 def test_tiny_run_on_the_astronaut(landmark_detector) -> None:
-    cfg = B.BenchConfig(scenes=2, faces_per_scene=3, bins=((16, 24), (32, 48), (64, 96)), frame_sizes=((480, 320),),
+    cfg = B.BenchConfig(scenes=2, faces_per_scene=3, bins=((16, 24), (32, 48), (56, 72)), frame_sizes=((800, 600),),
                         backgrounds=("rocket", "coffee"), timing_frames=1)
     report = B.run_detect_bench(cfg, B.astronaut_sources(landmark_detector), landmark_detector, log=lambda m: None)
     assert report["faces"] == 6
     assert [r["faces"] for r in report["recall"]["colour"]] == [2, 2, 2]
     assert report["recall"]["colour"][2]["recall"] == 1.0  # large faces: always found
     assert report["false_positives"]["face_free_images"] == 4  # each photo alone and as a frame
-    assert report["timing"][0]["size"] == "480x320" and report["timing"][0]["median_s"] > 0
+    assert report["timing"][0]["size"] == "800x600" and report["timing"][0]["median_s"] > 0
     assert [t["crop_over_box"] for t in report["tight_crops"]] == list(B.TIGHT_CROPS)
     text = B.to_markdown(report)
-    assert "| 64-96 | 2 | 100.0% |" in text and "False positives per face-free photo" in text
+    assert "| 56-72 | 2 | 100.0% |" in text and "False positives per face-free photo" in text
     json.dumps(report)  # plain JSON types only
 
 
