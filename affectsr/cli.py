@@ -1,6 +1,6 @@
 """The ``affectsr`` command: builds the parser from :mod:`affectsr.commands` and runs the chosen subcommand.
 
-``affectsr demo | upscale | video | models | bench | emotion | study-resolution | prepare | train |
+``affectsr demo | upscale | video | models | bench | bench-detect | emotion | study-resolution | prepare | train |
 train-predictor | evaluate | evaluate-cache | evaluate-predictor | export | fairness | serve``
 (``affectsr --help``). Each subcommand returns its exit code: 0 done, 1 some inputs failed, 2 bad
 arguments or input, 130 interrupted.
@@ -11,10 +11,10 @@ import argparse
 import os
 import sys
 
-from .commands import bench, demo, emotion, evaluate, export, fairness, models, prepare, serve, train, upscale, video
+from .commands import bench, bench_detect, demo, emotion, evaluate, export, fairness, models, prepare, serve, train, upscale, video
 from .runinfo import command_line, package_version
 
-COMMANDS = (demo, upscale, models, bench, emotion, prepare, train, evaluate, video, export, fairness, serve)
+COMMANDS = (demo, upscale, models, bench, bench_detect, emotion, prepare, train, evaluate, video, export, fairness, serve)
 """In the order ``affectsr --help`` lists them."""
 
 

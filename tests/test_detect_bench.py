@@ -1,4 +1,4 @@
-"""affectsr.detect_bench: scene building, matching and recall on hand-made cases; a tiny run on the astronaut."""
+"""affectsr.landmarks.detect_bench: scene building, matching and recall on hand-made cases; a tiny run on the astronaut."""
 from __future__ import annotations
 
 import json
@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from affectsr import detect_bench as B
+from affectsr.landmarks import detect_bench as B
 from affectsr.cli import main
 
 

@@ -40,7 +40,7 @@ from PIL import Image
 
 from affectsr.images import ImageReadError, resize, to_rgb_uint8
 
-__all__ = ["DEFAULT_MIN_FACE", "NUM_LANDMARKS", "FaceBox", "LandmarkDetector", "is_greyscale", "pyramid_sizes",
+__all__ = ["DEFAULT_MIN_FACE", "NUM_LANDMARKS", "FaceBox", "LandmarkDetector", "TILE", "is_greyscale", "pyramid_sizes",
            "shared_detector", "skin_tint", "tile_count"]
 
 NUM_LANDMARKS = 478  # MediaPipe face mesh with refined iris points
@@ -54,7 +54,7 @@ _RETRY_CONTEXT: tuple[float, ...] = (0.0, 0.25)
 
 DEFAULT_MIN_FACE = 16
 """Smallest face (side of the detector's box, in input pixels) ``detect_faces`` looks for by default."""
-_TILE = 128  # the short-range model's input side: tiles are cut at this size from each pyramid level
+TILE = 128  # the short-range model's input side: tiles are cut at this size from each pyramid level
 _TILE_FACE = 20  # a min_face face is scaled to this many tile pixels (the short-range model's floor)
 _TILE_OVERLAP = 40  # tile pixels shared by neighbouring tiles: a face up to this size lies whole in one tile
 _LEVEL_STEP = 2.0  # each pyramid level is the previous one shrunk by this factor
@@ -241,11 +241,11 @@ def skin_tint(rgb: np.ndarray) -> np.ndarray:
 
 
 def _tile_starts(length: int) -> list[int]:
-    """Start offsets of _TILE-long tiles covering ``length``, spread evenly so neighbours share >= _TILE_OVERLAP."""
-    if length <= _TILE:
+    """Start offsets of TILE-long tiles covering ``length``, spread evenly so neighbours share >= _TILE_OVERLAP."""
+    if length <= TILE:
         return [0]
-    count = math.ceil((length - _TILE) / (_TILE - _TILE_OVERLAP)) + 1
-    return [round(i * (length - _TILE) / (count - 1)) for i in range(count)]
+    count = math.ceil((length - TILE) / (TILE - _TILE_OVERLAP)) + 1
+    return [round(i * (length - TILE) / (count - 1)) for i in range(count)]
 
 
 def _nearest(starts: list[int], span: int, centre: float) -> int:
@@ -259,7 +259,7 @@ def pyramid_sizes(width: int, height: int, min_face: float) -> list[tuple[int, i
     one is the first that fits in one tile."""
     scale = _TILE_FACE / min_face
     sizes = [(max(1, round(width * scale)), max(1, round(height * scale)))]
-    while max(sizes[-1]) > _TILE:
+    while max(sizes[-1]) > TILE:
         lw, lh = sizes[-1]
         sizes.append(((lw + 1) // 2, (lh + 1) // 2))  # PIL's reduce(2) rounds up
     return sizes
@@ -388,6 +388,12 @@ class LandmarkDetector:
                 )
         self._graphs[name] = graph
         return graph
+
+    def short_range_boxes(self, view: np.ndarray) -> list[FaceBox]:
+        """The short-range model's raw boxes on one view (ideally TILE x TILE), in the view's pixels:
+        no tiling, no verification, no mapping to the full-range convention (for calibrating that mapping)."""
+        view = to_rgb_uint8(view).rgb
+        return _boxes_from(self._process("short0", view), view.shape[1], view.shape[0])
 
     def _process(self, name: str, rgb: np.ndarray) -> Any:
         rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
@@ -522,7 +528,7 @@ class LandmarkDetector:
         """
         if votes <= 0:
             return box
-        views = [(context, "short0", _TILE) for context in _VERIFY_CONTEXTS]
+        views = [(context, "short0", TILE) for context in _VERIFY_CONTEXTS]
         views.append((_VERIFY_CONTEXTS[0], "detection", _FULL_RANGE_INPUT))
         passed: list[FaceBox] = []
         for tried, (context, graph, side) in enumerate(views, 1):
@@ -580,7 +586,7 @@ class LandmarkDetector:
             xs, ys = _tile_starts(lw), _tile_starts(lh)
             for y in ys:
                 for x in xs:
-                    jobs.append((level[y:y + _TILE, x:x + _TILE], x, y, lw / width, lh / height, xs, ys))
+                    jobs.append((level[y:y + TILE, x:x + TILE], x, y, lw / width, lh / height, xs, ys))
         if not jobs:
             return []
 

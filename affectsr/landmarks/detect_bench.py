@@ -1,4 +1,4 @@
-"""``affectsr bench-detect``: how many faces the detector finds, by face size, in colour and grey.
+"""The detection benchmark (``affectsr bench-detect``): how many faces the detector finds, by face size, in colour and grey.
 
 Scenes are built from the project's own data, reproducibly (one seed): faces of known sizes are
 cut from the test splits of ``utkface_aligned`` and ``taiwanese_expr`` (with a margin of their
@@ -20,10 +20,8 @@ so it may be shipped; the dataset scenes are never written out.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
-import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -32,13 +30,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .images import read_image, resize
-from .landmarks import LandmarkDetector
-from .landmarks.detector import DEFAULT_MIN_FACE, FaceBox, _TILE, tile_count
+from ..assets import default_scene
+from ..faces import crop_padded
+from ..images import read_image, resize
+from ..runinfo import machine, today
+from .detector import DEFAULT_MIN_FACE, TILE, FaceBox, LandmarkDetector, tile_count
 
 __all__ = ["BenchConfig", "FaceSource", "Scene", "BACKGROUNDS", "DEFAULT_BINS", "load_sources", "astronaut_sources",
            "backgrounds", "build_scene", "to_grey", "match", "recall_by_size", "run_detect_bench", "to_markdown",
-           "draw_scene", "add_parser", "cmd_bench_detect"]
+           "draw_scene", "picture"]
 
 Box = tuple[float, float, float, float]
 
@@ -138,8 +138,6 @@ def load_sources(data_root: str | Path, datasets: Sequence[str], split: str, det
 
 def astronaut_sources(detector: LandmarkDetector) -> list[FaceSource]:
     """The public-domain astronaut (scikit-image) as a crop source and a photo source: for tests and the picture."""
-    from .assets import default_scene
-
     rgb = default_scene()
     box = _source_box(detector, rgb)
     if box is None:
@@ -297,8 +295,6 @@ def _tight_crops(sources: Sequence[FaceSource], detector: LandmarkDetector, side
                  max_crops: int = 200) -> list[dict]:
     """Sources cut tightly around the face (square, ``TIGHT_CROPS`` x the box side) at ``side`` px: found by
     detect_faces, and with the padded retry (what ``upscale`` does without ``--aligned`` on a face crop)."""
-    from .pipeline import crop_padded
-
     crops = [s for s in sources if s.kind == "crop"]
     crops = crops[::max(1, math.ceil(len(crops) / max_crops))]  # an even sample, in source order
     out = []
@@ -331,15 +327,13 @@ def _short_box_calibration(sources: Sequence[FaceSource], detector: LandmarkDete
         x0, y0, x1, y1 = s.box
         k = face / max(x1 - x0, y1 - y0)
         small = resize(s.rgb, (max(1, round(s.rgb.shape[1] * k)), max(1, round(s.rgb.shape[0] * k))))
-        tile = np.full((_TILE, _TILE, 3), 127, np.uint8)
-        h, w = min(_TILE, small.shape[0]), min(_TILE, small.shape[1])
+        tile = np.full((TILE, TILE, 3), 127, np.uint8)
+        h, w = min(TILE, small.shape[0]), min(TILE, small.shape[1])
         tile[:h, :w] = small[:h, :w]
-        result = detector._process("short0", tile)
-        best = max(result.detections or [], key=lambda d: d.score[0], default=None)
+        best = max(detector.short_range_boxes(tile), key=lambda b: b.score, default=None)
         if best is None:
             continue
-        rel = best.location_data.relative_bounding_box
-        sx0, sy0, sw, sh = rel.xmin * _TILE, rel.ymin * _TILE, rel.width * _TILE, rel.height * _TILE
+        sx0, sy0, sw, sh = best.x0, best.y0, best.width, best.height
         side = max(sw, sh)
         gx0, gy0, gx1, gy1 = x0 * k, y0 * k, x1 * k, y1 * k
         shifts.append((((gx0 + gx1) / 2 - (sx0 + sw / 2)) / side, ((gy0 + gy1) / 2 - (sy0 + sh / 2)) / side,
@@ -432,8 +426,8 @@ def run_detect_bench(cfg: BenchConfig, sources: Sequence[FaceSource] | None = No
     n_faces = len(sizes_all["colour"])
     return {
         "config": {k: v for k, v in asdict(cfg).items()},
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {platform.system()}",
-        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{machine()}, {os.cpu_count()} CPUs",
+        "date": today(),
         "sources": {"total": len(sources), "without_face_at_full_size": skipped},
         "faces": n_faces,
         "recall": {v: recall_by_size(sizes_all[v], found[v], cfg.bins) for v in ("colour", "grey")},
@@ -505,57 +499,3 @@ def picture(detector: LandmarkDetector, seed: int = 0, min_face: float = DEFAULT
     boxes = _boxes(detector.detect_faces(scene.rgb, min_face=min_face))
     found, fp = match(boxes, scene.boxes)
     return draw_scene(scene, boxes), {"sizes": [round(s, 1) for s in scene.sizes], "found": found, "unmatched": fp}
-
-
-# --- command line ------------------------------------------------------------------------------------
-
-
-def add_parser(subparsers):
-    p = subparsers.add_parser("bench-detect", help="face detection recall by face size (colour and grey), false "
-                              "positives and time per 1080p frame, on scenes built from the test splits",
-                              description=__doc__.split("\n")[0])
-    p.add_argument("--data-root", default="../shared/data", help="folder holding the datasets (default ../shared/data)")
-    p.add_argument("--datasets", default=",".join(DEFAULT_DATASETS), help="comma-separated sub-folders of --data-root")
-    p.add_argument("--scenes", type=int, default=BenchConfig.scenes, help="face scenes (default %(default)s)")
-    p.add_argument("--faces-per-scene", type=int, default=BenchConfig.faces_per_scene)
-    p.add_argument("--min-face", type=float, default=DEFAULT_MIN_FACE, help="detector min_face (default %(default)s)")
-    p.add_argument("--time-min-face", default="", metavar="A,B",
-                   help="also time 1080p frames at these min_face values (e.g. 24,32)")
-    p.add_argument("--threads", type=int, default=BenchConfig.threads, help="detector threads (default %(default)s)")
-    p.add_argument("--limit", type=int, default=None, help="at most this many source images per dataset")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="output folder: results.json, results.md, scene.png")
-    p.add_argument("-q", "--quiet", action="store_true")
-    p.set_defaults(func=cmd_bench_detect)
-    return p
-
-
-def cmd_bench_detect(args) -> int:
-    import sys
-
-    from .atomic import atomic_write
-
-    try:
-        times = [float(v) for v in args.time_min_face.split(",") if v.strip()]
-        cfg = BenchConfig(data_root=args.data_root, datasets=tuple(d for d in args.datasets.split(",") if d),
-                          scenes=args.scenes, faces_per_scene=args.faces_per_scene, seed=args.seed,
-                          min_face=args.min_face, threads=args.threads, limit=args.limit)
-        if cfg.scenes < 1 or cfg.faces_per_scene < 1 or cfg.threads < 1:
-            raise ValueError("--scenes, --faces-per-scene and --threads must be at least 1")
-        with LandmarkDetector(min_face=cfg.min_face, threads=cfg.threads) as det:
-            report = run_detect_bench(cfg, detector=det, log=(lambda m: None) if args.quiet else
-                                      (lambda m: print(m, file=sys.stderr)), timing_min_faces=times)
-            image, info = picture(det, cfg.seed, cfg.min_face)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    report["picture"] = info
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    text = to_markdown(report)
-    atomic_write(out / "results.json", lambda p: Path(p).write_text(json.dumps(report, indent=2) + "\n"))
-    atomic_write(out / "results.md", lambda p: Path(p).write_text(text))
-    atomic_write(out / "scene.png", lambda p: image.save(p, format="PNG"))
-    print(text, end="")
-    print(f"wrote {out}/results.json, results.md, scene.png", file=sys.stderr)
-    return 0
