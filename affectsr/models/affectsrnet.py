@@ -10,6 +10,7 @@ landmarks (NaN rows, or ``landmarks=None``) go through the image path alone.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import ClassVar
 
@@ -44,14 +45,32 @@ class ModelConfig:
     pooled_map: tuple[int, int] = (8, 16)  # pooled prior: channels, side of the reshaped code
     in_size: int = 32  # the LR face side the preset is trained for (any size runs)
     residual: bool = False  # add the bicubic-upsampled input to the output (as SRCNN/FSRNet/DIC do); conv_last starts at 0
+    # speed (docs/SPEED.md); the defaults are the network the first weights were trained as, so files
+    # written before these fields existed load and run unchanged
+    fusion_stages: int = 0  # fuse the prior after the trunk and the first k-1 x2 upsamplings only; 0 = after every one
+    prior_kernel: int = 3  # side of the spatial prior's head conv (1: a 1x1 conv, 9x cheaper)
+    splat_once: bool = False  # spatial prior: splat at the largest fused scale only, average-pool it for the others
 
     def __post_init__(self) -> None:
         if self.scale not in (2, 4, 8):
             raise ValueError(f"scale must be 2, 4 or 8, got {self.scale}")
         if self.prior not in PRIORS:
             raise ValueError(f"prior must be one of {PRIORS}, got {self.prior!r}")
+        if not 0 <= self.fusion_stages <= self.num_stages:
+            raise ValueError(f"fusion_stages must be 0..{self.num_stages} at x{self.scale}, got {self.fusion_stages}")
+        if self.prior_kernel not in (1, 3):
+            raise ValueError(f"prior_kernel must be 1 or 3, got {self.prior_kernel}")
         object.__setattr__(self, "gcn_dims", tuple(self.gcn_dims))
         object.__setattr__(self, "pooled_map", tuple(self.pooled_map))
+
+    @property
+    def num_stages(self) -> int:
+        """Stages where the prior can be fused: after the trunk and after each x2 upsampling."""
+        return int(math.log2(self.scale)) + 1
+
+    @property
+    def fused_stages(self) -> int:
+        return self.fusion_stages or self.num_stages
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -67,13 +86,14 @@ class AffectSRNet(nn.Module):
             nn.init.zeros_(self.backbone.conv_last.weight)
             nn.init.zeros_(self.backbone.conv_last.bias)
         self.num_landmarks = NUM_LANDMARKS
-        num_scales = self.backbone.num_up + 1
+        num_scales = c.fused_stages
         if c.prior == "none":
             self.prior, self.fusions = None, None
             return
         adj = mediapipe_face_graph().normalized_adjacency() if c.graph else torch.eye(NUM_LANDMARKS)
         if c.prior == "spatial":
-            self.prior = SpatialPrior(adj, c.gcn_dims, c.nf, num_scales, c.splat_sigma, c.splat_channels)
+            self.prior = SpatialPrior(adj, c.gcn_dims, c.nf, num_scales, c.splat_sigma, c.splat_channels,
+                                      c.prior_kernel, c.splat_once)
         else:
             self.prior = PooledPrior(adj, c.gcn_dims, c.nf, num_scales, *c.pooled_map)
         self.fusions = nn.ModuleList(FusionBlock(c.nf, c.fusion, c.msaf_groups) for _ in range(num_scales))
@@ -117,8 +137,10 @@ class AffectSRNet(nn.Module):
         if landmarks.shape[1:] != (self.num_landmarks, 3) or landmarks.shape[0] != lr.shape[0]:
             raise ValueError(f"landmarks must be {lr.shape[0]} x {self.num_landmarks} x 3, got {tuple(landmarks.shape)}")
         valid = torch.isfinite(landmarks).flatten(1).all(1)
+        if not (torch.jit.is_tracing() or torch.compiler.is_compiling()) and not bool(valid.any()):
+            return self.backbone(lr)  # no face has landmarks: the prior would be masked out anyway
         lm = torch.where(valid[:, None, None], landmarks, torch.zeros_like(landmarks)).to(lr.dtype)
         h, w = lr.shape[-2:]
-        sizes = [(h * 2**k, w * 2**k) for k in range(self.backbone.num_up + 1)]
+        sizes = [(h * 2**k, w * 2**k) for k in range(len(self.fusions))]
         priors = self.prior(lm, sizes)
-        return self.backbone(lr, lambda i, fea: self.fusions[i](fea, priors[i], valid))
+        return self.backbone(lr, lambda i, fea: self.fusions[i](fea, priors[i], valid) if i < len(priors) else fea)

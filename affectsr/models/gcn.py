@@ -1,9 +1,12 @@
 """Graph convolution over a fixed graph, batched over faces.
 
-Why by hand: our graph never changes (one face topology), so a dense normalised adjacency
-held as a buffer turns message passing into one batched matmul. That is faster on CPU/GPU
-than scatter-based message passing, exports to ONNX as plain MatMul, and needs no
-torch_geometric at run time. `tests/models/test_gcn.py` checks it equals PyG's ``GCNConv``.
+Why by hand: our graph never changes (one face topology), so message passing is a fixed
+gather: each node's row of the normalised adjacency Â is stored as its (at most D) neighbour
+indices and weights (ELL format, D = 21 on the face mesh against N = 478), and Â X is one
+``index_select`` plus one small batched matmul. That is ~3x faster on the CPU than the dense
+N x N matmul (which streams a 0.9 MB matrix for 1.4% non-zeros), exports to ONNX as Gather +
+MatMul with a 0.1 MB table instead of an N x N constant, and needs no torch_geometric at run
+time. `tests/models/test_gcn.py` checks it equals PyG's ``GCNConv``.
 """
 from __future__ import annotations
 
@@ -11,37 +14,75 @@ import torch
 from torch import nn
 
 
+def ell_adjacency(adjacency: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dense N x N -> (N x D neighbour indices, N x D weights), D = the most non-zeros in a row.
+
+    Short rows are padded with index 0 and weight 0, so every node gathers D rows.
+    """
+    nonzero = adjacency != 0
+    d = max(int(nonzero.sum(1).max()), 1)
+    # stable sort puts each row's non-zero columns first, in column order
+    order = torch.sort((~nonzero).to(torch.int8), dim=1, stable=True).indices[:, :d]
+    weight = torch.gather(adjacency.float(), 1, order)
+    return torch.where(weight != 0, order, torch.zeros_like(order)), weight
+
+
+def propagate(x: torch.Tensor, index: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Â X for X of B x N x C, with Â as :func:`ell_adjacency` gives it."""
+    b, n, c = x.shape
+    rows = x.transpose(0, 1).reshape(n, b * c)  # node-major, so each gathered row is contiguous
+    neighbours = rows.index_select(0, index.flatten()).view(n, index.shape[1], b * c)  # N x D x BC
+    out = torch.bmm(weight.to(x.dtype).unsqueeze(1), neighbours)  # N x 1 x BC
+    return out.view(n, b, c).transpose(0, 1)
+
+
 class GCNLayer(nn.Module):
     """Kipf & Welling GCN layer: X' = Â X W + b, with Â = D^-1/2 (A + I) D^-1/2.
 
     Input and output are B x N x C (B faces, N landmarks). Parameter layout mirrors PyG's
     GCNConv (``lin.weight`` without bias, then ``bias``) so weights transfer one to one.
+    ``adjacency`` (dense N x N) may be left out when the caller passes Â, as
+    :func:`ell_adjacency` gives it, to ``forward`` (as :class:`GCN` does, so a stack holds one
+    copy and an ONNX export one table).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, adjacency: torch.Tensor, bias: bool = True):
+    def __init__(self, in_channels: int, out_channels: int, adjacency: torch.Tensor | None = None,
+                 bias: bool = True):
         super().__init__()
         self.lin = nn.Linear(in_channels, out_channels, bias=False)
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
         # non-persistent: derived from the topology, so it is not stored in checkpoints
-        self.register_buffer("adj", adjacency.float(), persistent=False)
+        index, weight = ell_adjacency(adjacency) if adjacency is not None else (None, None)
+        self.register_buffer("adj_index", index, persistent=False)
+        self.register_buffer("adj_weight", weight, persistent=False)
         nn.init.xavier_uniform_(self.lin.weight)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.matmul(self.adj.to(x.dtype), self.lin(x))
+    def forward(self, x: torch.Tensor, adj: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        index, weight = adj if adj is not None else (self.adj_index, self.adj_weight)
+        if index is None:
+            raise ValueError("GCNLayer built without an adjacency needs one in forward(x, (index, weight))")
+        # (Â X) W == Â (X W): propagate whichever side has fewer channels
+        if self.lin.in_features < self.lin.out_features:
+            out = self.lin(propagate(x, index, weight))
+        else:
+            out = propagate(self.lin(x), index, weight)
         return out if self.bias is None else out + self.bias
 
 
 class GCN(nn.Module):
-    """A stack of GCN layers with LeakyReLU between them (none after the last)."""
+    """A stack of GCN layers with LeakyReLU between them (none after the last), sharing one Â."""
 
     def __init__(self, dims: tuple[int, ...], adjacency: torch.Tensor):
         super().__init__()
-        self.layers = nn.ModuleList(GCNLayer(a, b, adjacency) for a, b in zip(dims[:-1], dims[1:]))
+        index, weight = ell_adjacency(adjacency)
+        self.register_buffer("adj_index", index, persistent=False)
+        self.register_buffer("adj_weight", weight, persistent=False)
+        self.layers = nn.ModuleList(GCNLayer(a, b) for a, b in zip(dims[:-1], dims[1:]))
         self.act = nn.LeakyReLU(0.2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for i, layer in enumerate(self.layers):
-            x = layer(x)
+            x = layer(x, (self.adj_index, self.adj_weight))
             if i < len(self.layers) - 1:
                 x = self.act(x)
         return x

@@ -33,14 +33,16 @@ class MSAF(nn.Module):
     def forward(self, *feats: torch.Tensor) -> torch.Tensor:
         if len(feats) != self.m:
             raise ValueError(f"MSAF expects {self.m} modalities, got {len(feats)}")
-        b, c, h, w = feats[0].shape
-        g = self.groups
-        stacked = torch.stack(feats, 1)  # B x M x C x H x W
-        # sum over modalities and channel groups, pool over space -> B x (C/g)
-        joint = stacked.view(b, self.m, g, c // g, h, w).sum((1, 2)).mean((-2, -1))
-        logits = self.excite(self.squeeze(joint)).view(b, self.m, c)
-        attn = logits.softmax(1)  # over modalities, per channel
-        return (stacked * attn[..., None, None]).sum(1)
+        b, c = feats[0].shape[:2]
+        # sum over modalities and channel groups, pool over space -> B x (C/g); pooling first (it is
+        # linear) reads each map once instead of stacking them into a B x M x C x H x W copy
+        pooled = torch.stack([f.mean((-2, -1)) for f in feats], 1)  # B x M x C
+        joint = pooled.view(b, self.m * self.groups, c // self.groups).sum(1)
+        attn = self.excite(self.squeeze(joint)).view(b, self.m, c).softmax(1)[..., None, None]  # over modalities
+        out = feats[0] * attn[:, 0]
+        for k in range(1, self.m):
+            out = torch.addcmul(out, feats[k], attn[:, k])
+        return out
 
 
 class FusionBlock(nn.Module):

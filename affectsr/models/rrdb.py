@@ -77,6 +77,7 @@ class RRDBNet(nn.Module):
         self.trunk_conv = nn.Conv2d(nf, nf, 3, 1, 1, bias=True)
         for i in range(1, self.num_up + 1):
             setattr(self, f"upconv{i}", nn.Conv2d(nf, nf, 3, 1, 1, bias=True))
+        self.upsample = nn.Upsample(scale_factor=2, mode="nearest")  # a module (no weights) so profilers see it
         self.HRconv = nn.Conv2d(nf, nf, 3, 1, 1, bias=True)
         self.conv_last = nn.Conv2d(nf, out_nc, 3, 1, 1, bias=True)
         self.lrelu = nn.LeakyReLU(negative_slope=0.2, inplace=True)
@@ -88,7 +89,7 @@ class RRDBNet(nn.Module):
             fea = fuse(0, fea)
         for i in range(1, self.num_up + 1):
             up = getattr(self, f"upconv{i}")
-            fea = self.lrelu(up(F.interpolate(fea, scale_factor=2, mode="nearest")))
+            fea = self.lrelu(up(self.upsample(fea)))
             if fuse is not None:
                 fea = fuse(i, fea)
         return self.conv_last(self.lrelu(self.HRconv(fea)))
