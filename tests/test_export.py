@@ -235,3 +235,68 @@ def test_cli_wiring_export_and_upscale_backend(tmp_path, monkeypatch, default_fa
     assert main(argv) == 0
     assert Image.open(tmp_path / "out" / "face.png").size == (128, 128)
     assert [p.name[:17] for p in (tmp_path / "cache" / "affectsr" / "onnx").iterdir()] == ["affectsr-x8-lite-"]
+
+
+# --- the prior inside the graph (docs/SPEED.md) -------------------------------------------------------
+
+
+def _tensor_sizes(model) -> list[int]:
+    """Element counts of every initializer and Constant in a graph."""
+    sizes = [int(torch.tensor(list(t.dims)).prod()) for t in model.graph.initializer]
+    for node in model.graph.node:
+        sizes += [int(torch.tensor(list(a.t.dims)).prod()) for a in node.attribute if a.type == onnx.AttributeProto.TENSOR]
+    return sizes
+
+
+@pytest.mark.parametrize("name", LITE)
+def test_no_dense_adjacency_in_the_graph(exported, name):
+    """Today's graph holds the face graph as a 478 x 21 neighbour table, not one 478 x 478 matrix per GCN layer."""
+    model = onnx.load(str(exported[name].path))
+    assert _tensor_sizes(model).count(478 * 478) == 0
+    assert 478 * 21 in _tensor_sizes(model)
+    assert exported[name].size_bytes < 3_000_000  # 4.4 MB with an adjacency per layer
+
+
+def _node_outputs(path, lr, lm) -> dict[str, list]:
+    """Run ONNX Runtime with profiling: node name -> output shapes of that run."""
+    import json
+
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.enable_profiling = True
+    so.profile_file_prefix = str(path.parent / "profile")
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    sess.run(None, {"lr": lr.numpy(), "landmarks": lm.numpy()})
+    events = json.loads(open(sess.end_profiling()).read())
+    return {e["name"][:-len("_kernel_time")]: [list(s.values())[0] for s in e["args"].get("output_type_shape", [])]
+            for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")}
+
+
+def test_faces_without_landmarks_skip_the_prior_in_the_graph(tmp_path):
+    torch.manual_seed(0)
+    net = create_model("affectsr-x4", nf=16, nb=1, gc=8, gcn_dims=(8, 8)).eval()
+    with torch.no_grad():
+        for f in net.fusions:
+            f.proj.weight.normal_(0, 0.1)
+    path = export_onnx(net, tmp_path / "m.onnx", check=False).path
+    gen = torch.Generator().manual_seed(0)
+    lr = torch.rand(3, 3, 8, 8, generator=gen)
+    prior_nodes = ("/net/prior/", "/fusions.")
+
+    none = _node_outputs(path, lr, torch.full((3, 478, 3), float("nan")))
+    ran = {k: v for k, v in none.items() if any(p in k for p in prior_nodes)}
+    assert ran, "the profile names the prior's nodes"
+    for k, shapes in ran.items():  # every map and node table the prior made was empty: 0 faces went in
+        assert all(0 in s for s in shapes if len(s) >= 2), (k, shapes)
+
+    lm = _lm(3, gen)
+    lm[1] = float("nan")
+    mixed = _node_outputs(path, lr, lm)
+    heads = {k: v for k, v in mixed.items() if k.startswith("/net/prior/heads.")}
+    assert heads and all(s[0][0] == 2 for s in heads.values())  # the two faces with landmarks, not three
+    with torch.no_grad():
+        ref = net(lr, lm)
+    got = OnnxSRModel(path)(lr, lm)
+    assert (got - ref).abs().max().item() <= ATOL
+    assert (got[1:2] - net.backbone(lr[1:2])).abs().max().item() <= 1e-5

@@ -13,7 +13,8 @@ PY=${PY:-python}
 DATA=${DATA:-.data/cache/utkface_aligned,.data/cache/taiwanese_expr}
 OUT=${OUT:-.data/runs/speed-ab-x$SCALE}
 PRESET=affectsr-x$SCALE-lite
-FAST_ARGS=$($PY -c "from affectsr.models.presets import FAST; print(';'.join(f'{k}={v}' for k, v in FAST['$PRESET'].items()))")
+# FAST_ARGS=... tries another cheap setting (e.g. "fusion_stages=1;prior_kernel=1"; use its own OUT)
+FAST_ARGS=${FAST_ARGS:-$($PY -c "from affectsr.models.presets import FAST; print(';'.join(f'{k}={v}' for k, v in FAST['$PRESET'].items()))")}
 COMMON="data=$DATA batch_size=8 lr=4e-4 warmup=30 steps=$STEPS val_every=$STEPS val_max=128 ckpt_minutes=3 \
   threads=1 landmarks=detect lambda_emo=0.02"
 NAMES=${*:-old-s0 old-s1 fast-s0 fast-s1}

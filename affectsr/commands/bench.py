@@ -6,6 +6,7 @@ import json
 import sys
 
 from ..bench import DTYPES, rows_to_dicts, run_bench, to_markdown
+from ..models.profile import profile_markdown, profile_presets
 from ..runinfo import machine
 from .common import device_error
 
@@ -23,6 +24,9 @@ def add_parser(subparsers) -> None:
     b.add_argument("--no-landmarks", action="store_true", help="skip timing the MediaPipe landmark stage")
     b.add_argument("--min-time", type=float, default=2.0, help="seconds of timing per measurement (default 2)")
     b.add_argument("--json", action="store_true")
+    b.add_argument("--profile", nargs="?", const="wall", choices=("wall", "cpu"), default=None,
+                   help="ms per stage (trunk, GCN, splat, head, MSAF per scale, upsampling) of the affectsr-* presets "
+                        "instead; 'cpu' times process CPU time (steadier on a shared machine, use with 1 thread)")
     b.set_defaults(func=run)
 
 
@@ -46,6 +50,15 @@ def run(args: argparse.Namespace) -> int:
     if (err := device_error(args.device)) is not None:
         print(err, file=sys.stderr)
         return 2
+    if args.profile:  # where the time goes inside each AffectSRNet preset (affectsr/models/profile.py)
+        try:
+            prof = profile_presets(names, batches, args.min_time, args.profile)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(json.dumps(rows_to_dicts(prof), indent=2) if args.json else f"Machine: {machine()}\n\n"
+              + profile_markdown(prof))
+        return 0
     try:
         rows = run_bench(names, batches, args.device, args.min_time, dtypes, args.compile, backends,
                          landmarks=not args.no_landmarks)

@@ -1,4 +1,4 @@
-"""AffectSRNet: RRDB backbone + face-graph GCN prior + MSAF fusion at every scale.
+"""AffectSRNet: RRDB backbone + face-graph GCN prior + MSAF fusion at every scale (or the first ``fusion_stages``).
 
     LR ──conv_first──RRDB trunk──trunk_conv──(+)──[fuse 0]──up x2──[fuse 1]──up x2──[fuse 2]──HRconv──conv_last── SR
                                                       ▲                 ▲                 ▲
@@ -47,7 +47,7 @@ class ModelConfig:
     residual: bool = False  # add the bicubic-upsampled input to the output (as SRCNN/FSRNet/DIC do); conv_last starts at 0
     # speed (docs/SPEED.md); the defaults are the network the first weights were trained as, so files
     # written before these fields existed load and run unchanged
-    fusion_stages: int = 0  # fuse the prior after the trunk and the first k-1 x2 upsamplings only; 0 = after every one
+    fusion_stages: int = 0  # fuse after the trunk and the first k-1 x2 upsamplings only; 0 = after every one
     prior_kernel: int = 3  # side of the spatial prior's head conv (1: a 1x1 conv, 9x cheaper)
     splat_once: bool = False  # spatial prior: splat at the largest fused scale only, average-pool it for the others
 
@@ -138,9 +138,17 @@ class AffectSRNet(nn.Module):
             raise ValueError(f"landmarks must be {lr.shape[0]} x {self.num_landmarks} x 3, got {tuple(landmarks.shape)}")
         valid = torch.isfinite(landmarks).flatten(1).all(1)
         if not (torch.jit.is_tracing() or torch.compiler.is_compiling()) and not bool(valid.any()):
-            return self.backbone(lr)  # no face has landmarks: the prior would be masked out anyway
-        lm = torch.where(valid[:, None, None], landmarks, torch.zeros_like(landmarks)).to(lr.dtype)
+            return self.backbone(lr)  # no face has landmarks (a traced graph cannot branch: it runs the below on 0 faces)
+        # only the faces with landmarks go through the prior and the fusions: a face without them costs
+        # nothing there, and a batch without any runs the prior on 0 faces (also inside an ONNX graph)
+        idx = valid.nonzero()[:, 0]
         h, w = lr.shape[-2:]
         sizes = [(h * 2**k, w * 2**k) for k in range(len(self.fusions))]
-        priors = self.prior(lm, sizes)
-        return self.backbone(lr, lambda i, fea: self.fusions[i](fea, priors[i], valid) if i < len(priors) else fea)
+        priors = self.prior(landmarks.index_select(0, idx).to(lr.dtype), sizes)
+
+        def fuse(i: int, fea: torch.Tensor) -> torch.Tensor:
+            if i >= len(priors):
+                return fea
+            return torch.index_put(fea, (idx,), self.fusions[i](fea.index_select(0, idx), priors[i]))
+
+        return self.backbone(lr, fuse)

@@ -7,8 +7,8 @@ attention weights that reweight each modality's channels before they are summed.
 
 :class:`FusionBlock` wraps MSAF residually, ``x + proj(MSAF(x, prior))`` with ``proj``
 zero-initialised, so at step 0 the network is exactly its image-only backbone (a trained
-RRDB keeps its output) and the prior is learned as a correction. ``valid`` masks faces with
-no landmarks: for them the block is the identity.
+RRDB keeps its output) and the prior is learned as a correction. Faces without landmarks never
+reach it (AffectSRNet passes the others alone).
 """
 from __future__ import annotations
 
@@ -33,12 +33,12 @@ class MSAF(nn.Module):
     def forward(self, *feats: torch.Tensor) -> torch.Tensor:
         if len(feats) != self.m:
             raise ValueError(f"MSAF expects {self.m} modalities, got {len(feats)}")
-        b, c = feats[0].shape[:2]
+        c = feats[0].shape[1]  # the batch is -1 in the views below: it may be 0 in an exported graph
         # sum over modalities and channel groups, pool over space -> B x (C/g); pooling first (it is
         # linear) reads each map once instead of stacking them into a B x M x C x H x W copy
         pooled = torch.stack([f.mean((-2, -1)) for f in feats], 1)  # B x M x C
-        joint = pooled.view(b, self.m * self.groups, c // self.groups).sum(1)
-        attn = self.excite(self.squeeze(joint)).view(b, self.m, c).softmax(1)[..., None, None]  # over modalities
+        joint = pooled.view(-1, self.m * self.groups, c // self.groups).sum(1)
+        attn = self.excite(self.squeeze(joint)).view(-1, self.m, c).softmax(1)[..., None, None]  # over modalities
         out = feats[0] * attn[:, 0]
         for k in range(1, self.m):
             out = torch.addcmul(out, feats[k], attn[:, k])
@@ -63,6 +63,6 @@ class FusionBlock(nn.Module):
         nn.init.zeros_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
 
-    def forward(self, x: torch.Tensor, prior: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
         fused = self.fuse(x, prior) if self.fuse is not None else torch.cat([x, prior], 1)
-        return x + self.proj(fused) * valid.to(x.dtype).view(-1, 1, 1, 1)
+        return x + self.proj(fused)

@@ -41,13 +41,13 @@ def gaussian_splat(nodes: torch.Tensor, xy: torch.Tensor, size: tuple[int, int],
     of (C*H x N) by (N x W) and never build the N x H x W tensor (31M floats at 256 px).
     A last channel carries the density sum_n g_n (where the face is).
     """
-    b, n, c = nodes.shape
+    n, c = nodes.shape[1:]
     h, w = size
     gy = gaussian_1d(xy[..., 1], h, sigma)  # B x N x H
     gx = gaussian_1d(xy[..., 0], w, sigma)  # B x N x W
     feats = torch.cat([nodes, torch.ones_like(nodes[..., :1])], -1)  # + density channel
-    left = (feats.unsqueeze(-1) * gy.unsqueeze(2)).reshape(b, n, (c + 1) * h)  # B x N x (C+1)H
-    return torch.bmm(left.transpose(1, 2), gx).view(b, c + 1, h, w)
+    left = (feats.unsqueeze(-1) * gy.unsqueeze(2)).reshape(-1, n, (c + 1) * h)  # B x N x (C+1)H
+    return torch.bmm(left.transpose(1, 2), gx).view(-1, c + 1, h, w)  # B as -1: it may be 0 in ONNX
 
 
 class GaussianSplat(nn.Module):

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .presets import PRESETS, create_model
+
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
@@ -161,3 +163,20 @@ def profile_markdown(rows: list[StageRow]) -> str:
         out += [f"| {r.stage} | {r.calls} | {r.ms:.2f} | {r.share:.1%} |" for r in sel]
         out.append("")
     return "\n".join(out)
+
+
+def profile_presets(names: list[str] | None = None, batches: list[int] | None = None, min_time: float = 2.0,
+                    clock: str = "wall") -> list[StageRow]:
+    """:func:`profile_stages` of presets with a landmark prior (default: every ``affectsr-*`` preset),
+    untrained (the timing does not depend on the weights), at each batch size."""
+    names = names or [n for n, (cfg, _) in PRESETS.items() if getattr(cfg, "prior", "none") != "none"]
+    rows: list[StageRow] = []
+    for name in names:
+        if name not in PRESETS:
+            raise ValueError(f"unknown model {name!r}; known: {', '.join(PRESETS)}")
+        if getattr(PRESETS[name][0], "prior", "none") == "none":
+            raise ValueError(f"{name} has no landmark prior to profile (profile the affectsr-* presets)")
+        model = create_model(name)
+        for b in batches or [1]:
+            rows += profile_stages(model, b, min_time=min_time, name=name, clock=clock)
+    return rows

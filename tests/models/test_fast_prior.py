@@ -1,0 +1,215 @@
+"""The cheap prior (docs/SPEED.md): exact rewrites equal the code they replaced, shipped weights keep their
+output, and the opt-in config fields do what they say."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from affectsr.models import AffectSRNet, ModelConfig, create_model, load_model
+from affectsr.models.face_graph import mediapipe_face_graph
+from affectsr.models.gcn import GCN, ell_adjacency, propagate
+from affectsr.models.msaf import MSAF, FusionBlock
+from affectsr.models.presets import FAST, PRESETS, weights_path
+from affectsr.models.prior import gaussian_splat
+
+from .test_affectsrnet import SMALL, _landmarks, _perturb_fusion
+
+N = 478
+REFERENCE = "tests/models/shipped_lite_reference.npz"  # made by the code of main at b9a1f0b, before any change
+NEW_FIELDS = {"fusion_stages": 0, "prior_kernel": 3, "splat_once": False}  # and their defaults = the old network
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def adjacency():
+    return mediapipe_face_graph().normalized_adjacency()
+
+
+# ------------------------------------------------------------------------- shipped weights
+@pytest.mark.parametrize("name", ["affectsr-x4-lite", "affectsr-x8-lite"])
+def test_shipped_weights_keep_their_output(name):
+    if weights_path(name) is None:
+        pytest.skip(f"{name} weights are not shipped")
+    ref = np.load(REFERENCE)
+    key = name.replace("-", "_")
+    with torch.no_grad():  # load_model loads with strict=True
+        sr = load_model(name)(torch.from_numpy(ref[f"{key}_lr"]), torch.from_numpy(ref[f"{key}_landmarks"]))
+    np.testing.assert_allclose(sr.numpy(), ref[f"{key}_sr"], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["affectsr-x4-lite", "affectsr-x8-lite"])
+def test_shipped_configs_predate_the_new_fields(name):
+    if weights_path(name) is None:
+        pytest.skip(f"{name} weights are not shipped")
+    with safe_open(str(weights_path(name)), framework="pt") as f:
+        stored = json.loads(f.metadata()["config"])
+    assert not set(NEW_FIELDS) & set(stored), "the shipped files were written before these fields existed"
+    cfg = ModelConfig(**stored)
+    assert {k: getattr(cfg, k) for k in NEW_FIELDS} == NEW_FIELDS
+    assert set(AffectSRNet(cfg).state_dict()) == set(load_file(str(weights_path(name))))
+
+
+def test_new_field_defaults_build_the_old_network():
+    old = ModelConfig(**SMALL)
+    assert {k: getattr(old, k) for k in NEW_FIELDS} == NEW_FIELDS
+    m = AffectSRNet(old)
+    assert len(m.fusions) == len(m.prior.heads) == len(m.prior.to_splat) == 3
+    assert all(h[0].kernel_size == (3, 3) for h in m.prior.heads)
+
+
+# ------------------------------------------------------------------- exact rewrites vs the old code
+def test_ell_propagation_equals_the_dense_adjacency(adjacency):
+    index, weight = ell_adjacency(adjacency)
+    assert index.shape == weight.shape == (N, int((adjacency != 0).sum(1).max()))
+    for b, c in [(1, 3), (3, 16), (0, 4)]:
+        x = torch.randn(b, N, c, dtype=torch.float64)
+        out = propagate(x, index, weight.double())
+        assert out.shape == (b, N, c)
+        torch.testing.assert_close(out, torch.matmul(adjacency.double(), x), atol=1e-12, rtol=0)
+    index, weight = ell_adjacency(torch.eye(5))  # the 'no GCN' ablation: each node its own neighbour
+    assert index.tolist() == [[0], [1], [2], [3], [4]] and weight.tolist() == [[1.0]] * 5
+
+
+def test_gcn_equals_the_dense_stack_and_holds_one_adjacency(adjacency):
+    torch.manual_seed(0)
+    gcn = GCN((3, 8, 16, 4), adjacency)
+    assert len(list(gcn.buffers())) == 2 and all(layer.adj_index is None for layer in gcn.layers)
+    x = torch.randn(2, N, 3)
+    h = x
+    for i, layer in enumerate(gcn.layers):  # the code of b9a1f0b: Â (X W) + b with a dense Â per layer
+        h = adjacency @ layer.lin(h) + layer.bias
+        h = F.leaky_relu(h, 0.2) if i < len(gcn.layers) - 1 else h
+    torch.testing.assert_close(gcn(x), h, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="needs one"):
+        gcn.layers[0](x)
+
+
+def _msaf_before(m: MSAF, x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """MSAF.forward of b9a1f0b: stack, sum over modalities and groups, pool, attend, weighted sum."""
+    b, c, h, w = x.shape
+    stacked = torch.stack([x, p], 1)
+    joint = stacked.view(b, 2, m.groups, c // m.groups, h, w).sum((1, 2)).mean((-2, -1))
+    attn = m.excite(m.squeeze(joint)).view(b, 2, c).softmax(1)
+    return (stacked * attn[..., None, None]).sum(1)
+
+
+@pytest.mark.parametrize("groups", [1, 4])
+def test_msaf_equals_the_stacked_formulation(groups):
+    torch.manual_seed(0)
+    m = MSAF(16, 2, groups)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_(0, 0.5)
+    x, p = torch.randn(3, 16, 5, 7), torch.rand(3, 16, 5, 7)
+    torch.testing.assert_close(m(x, p), _msaf_before(m, x, p), atol=1e-6, rtol=1e-6)
+
+
+def _splat_before(nodes, xy, size, sigma):
+    """gaussian_splat of b9a1f0b (no floor on the exponent)."""
+    b, n, c = nodes.shape
+    h, w = size
+    ys = (torch.arange(h, dtype=xy.dtype) + 0.5) / h
+    xs = (torch.arange(w, dtype=xy.dtype) + 0.5) / w
+    gy = torch.exp(-((ys[None, None, :] - xy[..., 1:2]) ** 2) / (2 * sigma**2))
+    gx = torch.exp(-((xs[None, None, :] - xy[..., 0:1]) ** 2) / (2 * sigma**2))
+    feats = torch.cat([nodes, torch.ones_like(nodes[..., :1])], -1)
+    left = (feats.unsqueeze(-1) * gy.unsqueeze(2)).reshape(b, n, (c + 1) * h)
+    return torch.bmm(left.transpose(1, 2), gx).view(b, c + 1, h, w)
+
+
+def test_splat_rewrite_and_floored_exponent_change_only_rounding():
+    g = torch.Generator().manual_seed(0)
+    nodes = torch.randn(2, N, 8, generator=g)
+    xy = torch.rand(2, N, 2, generator=g) * 1.4 - 0.2  # some landmarks outside the crop, as happens
+    for size in [(16, 16), (64, 48)]:
+        new, old = gaussian_splat(nodes, xy, size, 0.02), _splat_before(nodes, xy, size, 0.02)
+        torch.testing.assert_close(new, old, atol=1e-6, rtol=1e-5)  # features are O(1): float32 rounding
+    far = gaussian_splat(torch.ones(1, 1, 1), torch.tensor([[[5.0, 5.0]]]), (8, 8), 0.02)
+    assert far.abs().max() < 1e-60 ** 0.5  # a node far off the grid adds exp(-80)^2 at most
+
+
+# ---------------------------------------------------------------------------- faces without landmarks
+def test_prior_runs_on_the_faces_with_landmarks_only(monkeypatch):
+    model = create_model("affectsr-x4", **SMALL).eval()
+    _perturb_fusion(model)
+    calls = []
+    model.prior.gcn.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))
+    lr, lm = torch.rand(3, 3, 8, 8), _landmarks(3)
+    lm[1] = float("nan")
+    with torch.no_grad():
+        out = model(lr, lm)
+        assert calls == [2]  # the face without landmarks never reached the prior
+        torch.testing.assert_close(out[1:2], model.backbone(lr[1:2]), atol=1e-6, rtol=0)
+        # what an exported graph does with a batch without landmarks: the prior on 0 faces
+        monkeypatch.setattr(torch.jit, "is_tracing", lambda: True)
+        out = model(lr, torch.full_like(lm, float("nan")))
+    assert calls[-1] == 0
+    torch.testing.assert_close(out, model.backbone(lr), atol=1e-6, rtol=0)
+
+
+# ------------------------------------------------------------------------------ the new config fields
+def test_fusion_stages():
+    with pytest.raises(ValueError, match="fusion_stages"):
+        ModelConfig(scale=4, fusion_stages=4)
+    model = create_model("affectsr-x8", **{**SMALL, "fusion_stages": 2}).eval()
+    assert len(model.fusions) == len(model.prior.heads) == 2
+    assert not any(k.startswith("fusions.2") for k in model.state_dict())
+    _perturb_fusion(model)
+    seen = []
+    for i, f in enumerate(model.fusions):
+        f.register_forward_hook(lambda m, args, out, i=i: seen.append((i, tuple(args[0].shape[-2:]))))
+    lr, lm = torch.rand(2, 3, 4, 6), _landmarks(2)
+    with torch.no_grad():
+        out = model(lr, lm)
+    assert seen == [(0, (4, 6)), (1, (8, 12))]  # after the trunk and the first x2 upsampling only
+    assert (out - model.backbone(lr)).abs().max() > 1e-4
+
+
+def test_prior_kernel():
+    with pytest.raises(ValueError, match="prior_kernel"):
+        ModelConfig(prior_kernel=5)
+    model = create_model("affectsr-x4", **{**SMALL, "prior_kernel": 1})
+    assert all(h[0].kernel_size == (1, 1) for h in model.prior.heads)
+
+
+def test_splat_once_splats_the_largest_scale_and_pools_it():
+    model = create_model("affectsr-x8", **{**SMALL, "splat_once": True, "fusion_stages": 3}).eval()
+    assert len(model.prior.to_splat) == 1 and len(model.prior.heads) == 3
+    model.prior.heads = torch.nn.ModuleList(torch.nn.Identity() for _ in range(3))  # see the splatted maps
+    splats = []
+    model.prior.splat.register_forward_hook(lambda m, args, out: splats.append(tuple(out.shape[-2:])))
+    with torch.no_grad():
+        maps = model.prior(_landmarks(2), [(4, 4), (8, 8), (16, 16)])
+    assert splats == [(16, 16)]
+    torch.testing.assert_close(maps[1], F.avg_pool2d(maps[2], 2))
+    torch.testing.assert_close(maps[0], F.avg_pool2d(maps[1], 2))
+
+
+def test_fast_settings_are_the_untrained_presets_defaults():
+    for name in ("affectsr-x4", "affectsr-x8"):
+        cfg = PRESETS[name][0]
+        assert {k: getattr(cfg, k) for k in FAST[f"{name}-lite"]} == FAST[f"{name}-lite"]
+    for name, fast in FAST.items():  # the -lite presets keep their shipped network until retrained
+        cfg = PRESETS[name][0]
+        assert {k: getattr(cfg, k) for k in NEW_FIELDS} == NEW_FIELDS
+        assert set(fast) <= {f.name for f in dataclasses.fields(ModelConfig)}
+        model = create_model(name, **fast).eval()
+        lr = torch.rand(1, 3, cfg.in_size, cfg.in_size)
+        with torch.no_grad():
+            assert model(lr, _landmarks(1)).shape == (1, 3, 128, 128)
+
+
+def test_eager_and_traced_propagation_agree(adjacency, monkeypatch):
+    index, weight = ell_adjacency(adjacency)
+    x = torch.randn(3, N, 5)
+    eager = propagate(x, index, weight)
+    monkeypatch.setattr(torch.jit, "is_tracing", lambda: True)  # the gather + matmul an ONNX export records
+    torch.testing.assert_close(propagate(x, index, weight), eager, atol=1e-6, rtol=1e-6)
