@@ -137,18 +137,22 @@ class AffectSRNet(nn.Module):
         if landmarks.shape[1:] != (self.num_landmarks, 3) or landmarks.shape[0] != lr.shape[0]:
             raise ValueError(f"landmarks must be {lr.shape[0]} x {self.num_landmarks} x 3, got {tuple(landmarks.shape)}")
         valid = torch.isfinite(landmarks).flatten(1).all(1)
-        if not (torch.jit.is_tracing() or torch.compiler.is_compiling()) and not bool(valid.any()):
-            return self.backbone(lr)  # no face has landmarks (a traced graph cannot branch: it runs the below on 0 faces)
-        # only the faces with landmarks go through the prior and the fusions: a face without them costs
-        # nothing there, and a batch without any runs the prior on 0 faces (also inside an ONNX graph)
-        idx = valid.nonzero()[:, 0]
+        idx = valid.nonzero()[:, 0]  # only the faces with landmarks go through the prior and the fusions
+        if not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
+            if len(idx) == 0:
+                return self.backbone(lr)
+            if len(idx) == len(valid):
+                idx = None  # every face has landmarks: no gather/scatter (a traced graph, which cannot branch,
+                # always gathers, and runs the prior on 0 faces for a batch without landmarks)
         h, w = lr.shape[-2:]
         sizes = [(h * 2**k, w * 2**k) for k in range(len(self.fusions))]
-        priors = self.prior(landmarks.index_select(0, idx).to(lr.dtype), sizes)
+        priors = self.prior((landmarks if idx is None else landmarks.index_select(0, idx)).to(lr.dtype), sizes)
 
         def fuse(i: int, fea: torch.Tensor) -> torch.Tensor:
             if i >= len(priors):
                 return fea
+            if idx is None:
+                return self.fusions[i](fea, priors[i])
             return torch.index_put(fea, (idx,), self.fusions[i](fea.index_select(0, idx), priors[i]))
 
         return self.backbone(lr, fuse)
