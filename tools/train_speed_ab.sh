@@ -24,11 +24,11 @@ run_one() {
   [[ $name == fast-* ]] && args=$FAST_ARGS
   if [ ! -f "$OUT/$name/ema.safetensors" ]; then
     echo "train $name (seed $seed, model_args '$args')"
-    $PY -m affectsr.train train model="$PRESET" model_args="$args" seed="$seed" out="$OUT/$name" $COMMON \
+    $PY -m affectsr train model="$PRESET" model_args="$args" seed="$seed" out="$OUT/$name" $COMMON \
       > "$OUT/$name.log" 2>&1 || { echo "FAILED $name (see $OUT/$name.log)"; return 1; }
   fi
   if [ ! -f "$OUT/$name.eval.json" ]; then
-    OMP_NUM_THREADS=1 $PY -m affectsr.train evaluate "$OUT/$name/ema.safetensors" --split test \
+    OMP_NUM_THREADS=1 $PY -m affectsr evaluate-cache "$OUT/$name/ema.safetensors" --split test \
       --data ${DATA//,/ } --json "$OUT/$name.eval.json" > "$OUT/$name.eval.log" 2>&1
   fi
   echo "done $name"

@@ -29,16 +29,18 @@ def ell_adjacency(adjacency: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def propagate(x: torch.Tensor, index: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Â X for X of B x N x C, with Â as :func:`ell_adjacency` gives it."""
+    """Â X for X of B x N x C, with Â as :func:`ell_adjacency` gives it (``weight`` N x D, or N x 1 x D as
+    :class:`GCN` passes it: shaped once for all its layers, so an exported graph holds one constant)."""
     n, c = x.shape[1:]
     # the batch is -1 in every reshape: an exported graph may run this with 0 faces (no landmarks)
     rows = x.transpose(0, 1).reshape(n, -1)  # node-major (N x BC), so each gathered row is contiguous
-    weight = weight.to(x.dtype)
+    if weight.dtype != x.dtype:  # (only where needed: a traced graph then records no Cast)
+        weight = weight.to(x.dtype)
     if torch.jit.is_tracing():  # ONNX: Gather + MatMul (embedding_bag would export as a slow Loop)
         neighbours = rows.index_select(0, index.flatten()).view(n, index.shape[1], -1)  # N x D x BC
-        out = torch.bmm(weight.unsqueeze(1), neighbours)
+        out = torch.bmm(weight if weight.dim() == 3 else weight.unsqueeze(1), neighbours)
     else:  # the same weighted sum without writing the N x D x BC gather out (4x faster at batch 8)
-        out = F.embedding_bag(index, rows, per_sample_weights=weight, mode="sum")
+        out = F.embedding_bag(index, rows, per_sample_weights=weight.view(index.shape), mode="sum")
     return out.view(n, -1, c).transpose(0, 1)
 
 
@@ -87,8 +89,11 @@ class GCN(nn.Module):
         self.act = nn.LeakyReLU(0.2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Â's weights as propagate's traced MatMul takes them (N x 1 x D), shaped once for all layers and with
+        # N read from x: the ONNX exporter folds a reshape of a constant into a copy of the table per layer
+        adj = (self.adj_index, self.adj_weight.view(x.shape[1], 1, -1))
         for i, layer in enumerate(self.layers):
-            x = layer(x, (self.adj_index, self.adj_weight))
+            x = layer(x, adj)
             if i < len(self.layers) - 1:
                 x = self.act(x)
         return x
