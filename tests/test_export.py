@@ -237,7 +237,7 @@ def test_cli_wiring_export_and_upscale_backend(tmp_path, monkeypatch, default_fa
     assert [p.name[:17] for p in (tmp_path / "cache" / "affectsr" / "onnx").iterdir()] == ["affectsr-x8-lite-"]
 
 
-# --- the prior inside the graph (docs/SPEED.md) -------------------------------------------------------
+# --- the prior inside the graph (issue 17) --------------------------------------------------------------
 
 
 def _tensor_sizes(model) -> list[int]:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The quality A/B of docs/SPEED.md: the -lite prior as shipped ("old") against the cheap prior
+# The quality A/B of the cheap prior (issue 17): the -lite prior as shipped ("old") against the cheap prior
 # (affectsr.models.presets.FAST, "fast"), at the RESULTS budget of tools/train_comparison.sh (300 steps of
 # batch 8, lr 4e-4, the same data and schedule, one torch thread per run); two seeds of the old prior say
 # what the seed noise is. Then PSNR/SSIM-Y, ECM and FER agreement on the test split, and a table.

@@ -45,7 +45,7 @@ class ModelConfig:
     pooled_map: tuple[int, int] = (8, 16)  # pooled prior: channels, side of the reshaped code
     in_size: int = 32  # the LR face side the preset is trained for (any size runs)
     residual: bool = False  # add the bicubic-upsampled input to the output (as SRCNN/FSRNet/DIC do); conv_last starts at 0
-    # speed (docs/SPEED.md); the defaults are the network the first weights were trained as, so files
+    # speed (issue 17, README speed tables); the defaults are the network the first weights were trained as, so files
     # written before these fields existed load and run unchanged
     fusion_stages: int = 0  # fuse after the trunk and the first k-1 x2 upsamplings only; 0 = after every one
     prior_kernel: int = 3  # side of the spatial prior's head conv (1: a 1x1 conv, 9x cheaper)
