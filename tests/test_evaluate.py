@@ -64,7 +64,7 @@ def face_folder(tmp_path_factory):
 def eval_run(face_folder, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval") / "out"
     argv = ["evaluate", "--model", "bicubic,affectsr-x4-lite,affectsr-x4,missing.safetensors", "--data",
-            str(face_folder), "--scale", "4", "--out", str(out), "--classifier", "fer-mini-xception-ft", "-q"]
+            str(face_folder), "--scale", "4", "--out", str(out), "-q"]
     return main(argv), out, argv
 
 
@@ -78,11 +78,23 @@ def test_end_to_end_files_and_keys(eval_run):
     assert set(s) == {"bicubic", "affectsr-x4-lite"}  # summary.json maps model name -> metrics
     run = json.loads((out / "run.json").read_text())
     for m in s.values():
-        assert {"psnr", "ssim", "ecm", "agreement", "nme", "accuracy_sr", "accuracy_hr", "n"} <= set(m)
+        assert {"psnr", "ssim", "ecm", "agreement", "nme", "accuracy_sr", "accuracy_hr", "n", "judge_ecm",
+                "judge_agreement", "teacher_ecm", "teacher_agreement", "nme_mouth", "nme_eyes", "nme_brows",
+                "identity_cosine", "identity_kept"} <= set(m)
         assert m["n"] == 3 and m["accuracy_sr"] is None  # a plain folder has no labels
+        # the judge scores by default; the teacher is the second column; ecm/agreement are the judge's
+        assert (m["judge"], m["teacher"]) == ("fer-judge-resnet", "fer-teacher-vgg")
+        assert (m["ecm"], m["agreement"]) == (m["judge_ecm"], m["judge_agreement"])
+        assert 0 <= m["teacher_agreement"] <= 1 and m["teacher_ecm"] is not None
+        # the same face at x4 through bicubic or SR stays the same person for dlib, and its regions are near
+        assert m["identity_kept"] == 1.0 and m["identity_cosine"] > 0.9
+        for k in ("nme_mouth", "nme_eyes", "nme_brows"):
+            assert 0 < m[k] < 0.2
+    assert s["affectsr-x4-lite"]["trained_with"] == "fer-mini-xception-ft" and s["bicubic"]["trained_with"] is None
+    assert (run["judge"], run["teacher"]) == ("fer-judge-resnet", "fer-teacher-vgg")
     for k in ("command", "machine", "date"):
         assert run[k]
-    assert run["command"] == shlex.join(["affectsr", *argv])  # as typed, --classifier included
+    assert run["command"] == shlex.join(["affectsr", *argv])  # as typed
     # untrained preset and missing file: reported, not crashed
     assert "affectsr-x4" in run["skipped_models"] and "missing.safetensors" in run["skipped_models"]
     md = (out / "summary.md").read_text()
@@ -90,6 +102,8 @@ def test_end_to_end_files_and_keys(eval_run):
     with open(out / "per_image.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 6 and {r["model"] for r in rows} == {"bicubic", "affectsr-x4-lite"}
+    assert all(r["identity_cos"] and r["teacher_sr_pred"] and r["nme_mouth"] for r in rows)
+    assert "its emotion loss trained against `fer-mini-xception-ft`" in md
     with Image.open(out / "grid.png") as g:
         assert g.size[0] == 128 * 4  # LR | bicubic | affectsr-x4-lite | HR
 
@@ -125,3 +139,21 @@ def test_only_untrained_models_is_an_error_not_a_crash(face_folder, tmp_path, ca
     assert rc == 2
     err = capsys.readouterr().err
     assert "no trained weights ship" in err and "no model left" in err
+
+
+def test_the_judge_is_never_the_trainer(face_folder, tmp_path, capsys):
+    """affectsr-x4-lite's emotion loss used fer-mini-xception-ft: that classifier may not judge it."""
+    rc = main(["evaluate", "--model", "bicubic,affectsr-x4-lite", "--data", str(face_folder), "--scale", "4",
+               "--out", str(tmp_path / "o"), "--judge", "fer-mini-xception-ft", "--no-identity", "-q"])
+    assert rc == 2
+    assert "emotion loss trained against" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_judge_and_teacher_must_differ():
+    from affectsr.emotion.classifier import load_fer_pair
+
+    with pytest.raises(ValueError, match="judge must be a classifier no training loss used"):
+        load_fer_pair("fer-teacher-vgg", "fer-teacher-vgg")
+    judge, teacher = load_fer_pair("fer-teacher-vgg", "none")
+    assert judge.name == "fer-teacher-vgg" and teacher is None

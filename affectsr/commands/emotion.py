@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ..assets import default_scene
-from ..emotion.classifier import DEFAULT_CLASSIFIER, load_emotion_classifier
+from ..emotion.classifier import DEFAULT_CLASSIFIER, JUDGE_CLASSIFIER, TEACHER_CLASSIFIER, load_emotion_classifier, load_fer_pair
 from ..emotion.data import DatasetNotFoundError, resolve_data_root
 from ..emotion.faces import FER_MARGIN, detect_emotions
 from ..emotion.study import (
@@ -92,7 +92,7 @@ def run_study_resolution(args: argparse.Namespace) -> int:
     """Run the study, write CSV + JSON + PNG into --out and print the table; exit 2 when data is missing."""
     try:
         root = resolve_data_root(args.data)
-        classifier = load_emotion_classifier(args.classifier, device=args.device)
+        classifier, teacher = load_fer_pair(args.judge, args.teacher, args.device)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -102,19 +102,19 @@ def run_study_resolution(args: argparse.Namespace) -> int:
     log = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr))
     try:
         result = run_study(classifier, root, tuple(args.datasets.split(",")), args.sizes, models,
-                           split=args.split, limit=args.limit, log=log)
+                           split=args.split, limit=args.limit, log=log, teacher=teacher)
     except DatasetNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    meta = study_meta(classifier, recorded_command(args))
+    meta = study_meta(classifier, recorded_command(args), teacher)
     meta["skipped_models"] = messages
     stem = args.name
     csv_path = write_csv(result.rows, out / f"{stem}.csv")
     json_path = write_json(result, out / f"{stem}.json", meta)
     png_path = plot_study(result.rows, out / f"{stem}.png",
-                          title=f"FER ({classifier.name}) on bicubic-degraded faces, {args.split} splits; {meta['date']}")
+                          title=f"FER judge ({classifier.name}) on bicubic-degraded faces, {args.split} splits; {meta['date']}")
     print(to_markdown(result.rows))
     for note in result.notes:
         log(f"note: {note}")
@@ -147,7 +147,10 @@ def add_parser(subparsers) -> None:
                    help="SR presets or .safetensors paths to add (presets without trained weights are skipped)")
     s.add_argument("--split", default="test")
     s.add_argument("--limit", type=int, default=None, help="first N faces per dataset (quick runs)")
-    s.add_argument("--classifier", default=DEFAULT_CLASSIFIER)
+    s.add_argument("--judge", "--classifier", dest="judge", default=JUDGE_CLASSIFIER,
+                   help=f"FER classifier that fills the main columns (default {JUDGE_CLASSIFIER})")
+    s.add_argument("--teacher", default=TEACHER_CLASSIFIER,
+                   help=f"FER classifier for the teacher columns; 'none' to skip (default {TEACHER_CLASSIFIER})")
     s.add_argument("--device", default="cpu")
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=run_study_resolution)

@@ -23,6 +23,7 @@ from ..evaluate import (
     run_evaluation,
     write_outputs,
 )
+from ..emotion.classifier import JUDGE_CLASSIFIER, TEACHER_CLASSIFIER
 from ..landmarks.predictor import default_predictor_path
 from ..runinfo import machine, now
 from ..types import LANDMARK_MODES, LANDMARK_SOURCES, SCALES
@@ -33,7 +34,7 @@ __all__ = ["add_parser", "run_evaluate", "run_evaluate_cache", "run_evaluate_pre
 
 def add_parser(subparsers) -> None:
     """Register ``evaluate``, ``evaluate-cache`` and ``evaluate-predictor``."""
-    e = subparsers.add_parser("evaluate", help="PSNR/SSIM, ECM, FER agreement and landmark NME of SR models vs HR",
+    e = subparsers.add_parser("evaluate", help="PSNR/SSIM, identity, expression geometry and expression fidelity (judge and teacher) of SR models vs HR",
                               description=__doc__.split("\n")[0])
     e.add_argument("--model", required=True, help="comma-separated: bicubic, presets with shipped weights, .safetensors paths, LABEL=PATH.safetensors")
     e.add_argument("--data", required=True, nargs="+", metavar="DIR",
@@ -45,7 +46,12 @@ def add_parser(subparsers) -> None:
     e.add_argument("--limit", type=int, default=None, help="at most this many images (after the split filter)")
     e.add_argument("--landmarks", choices=(*LANDMARK_MODES, "none"), default="auto",
                    help="LR landmarks for the models' prior (default auto: MediaPipe, else the learned predictor)")
-    e.add_argument("--classifier", default=None, help="FER classifier (default: the shipped default)")
+    e.add_argument("--judge", "--classifier", dest="judge", default=None,
+                   help=f"FER classifier that scores expression fidelity; no training loss may use it (default {JUDGE_CLASSIFIER})")
+    e.add_argument("--teacher", default=None,
+                   help=f"FER classifier the emotion loss trains against, reported as a second column; 'none' to skip "
+                        f"(default {TEACHER_CLASSIFIER})")
+    e.add_argument("--no-identity", action="store_true", help="skip the dlib identity columns (they cost ~0.2 s per face)")
     e.add_argument("--device", default="cpu")
     e.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
     e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -118,11 +124,16 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if faces[0].hr.shape[0] % args.scale:
         print(f"error: HR size {faces[0].hr.shape[0]} is not divisible by x{args.scale}", file=sys.stderr)
         return 2
-    result = run_evaluation(faces, models, args.scale, args.landmarks, args.device, args.classifier,
-                            progress=not args.quiet)
+    try:
+        result = run_evaluation(faces, models, args.scale, args.landmarks, args.device, judge=args.judge,
+                                teacher=args.teacher, identity=not args.no_identity, progress=not args.quiet)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     summary = {
         "models": result["models"], "skipped_models": skipped, "scale": args.scale, "hr_size": int(faces[0].hr.shape[0]),
-        "faces": len(faces), "landmarks": args.landmarks, "classifier": result["classifier"],
+        "faces": len(faces), "landmarks": args.landmarks, "judge": result["judge"], "teacher": result["teacher"],
+        "classifier": result["judge"], "notes": result["notes"],
         "lpips": LPIPS_NOTE,
         "data": info,
         "command": recorded_command(args),
@@ -132,6 +143,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     write_outputs(out, result, summary, args.scale)
     print(format_table(summary))
     print(LPIPS_NOTE)
+    for note in result["notes"]:
+        print(f"note: {note}")
     for name, why in skipped.items():
         print(f"skipped {name}: {why}")
     if info["skipped"]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..emotion.classifier import JUDGE_CLASSIFIER, TEACHER_CLASSIFIER
 from ..fairness import DEFAULT_DATASETS, DEFAULT_GROUPS, OCCLUSIONS, run_report, summary_lines
 from ..types import LANDMARK_MODES, SCALES
 from .common import device_error, recorded_command
@@ -34,7 +35,10 @@ def add_parser(subparsers) -> None:
     f.add_argument("--limit", type=int, default=None, help="at most this many images per dataset (the first N of the split by path)")
     f.add_argument("--landmarks", choices=(*LANDMARK_MODES, "none"), default="auto",
                    help="LR landmarks for the models' prior (as in evaluate)")
-    f.add_argument("--classifier", default=None, help="FER classifier (default: the shipped default)")
+    f.add_argument("--judge", "--classifier", dest="judge", default=None,
+                   help=f"FER classifier that scores; no training loss may use it (default {JUDGE_CLASSIFIER})")
+    f.add_argument("--teacher", default=None,
+                   help=f"FER classifier the emotion loss trains against, a second column; 'none' to skip (default {TEACHER_CLASSIFIER})")
     f.add_argument("--device", default="cpu")
     f.add_argument("--out", required=True, help="output folder (must be empty or new unless --overwrite)")
     f.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
@@ -49,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         report = run_report(args.data_root, args.out, _split_list(args.models) or None, args.scale, args.limit,
                             _split_list(args.occlusions), _split_list(args.datasets), _split_list(args.groups),
-                            args.split, args.landmarks, args.device, args.classifier, progress=not args.quiet,
+                            args.split, args.landmarks, args.device, judge=args.judge, teacher=args.teacher,
+                            progress=not args.quiet,
                             overwrite=args.overwrite, command=recorded_command(args))
     except (FileNotFoundError, ValueError, KeyError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)

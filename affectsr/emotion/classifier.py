@@ -28,6 +28,7 @@ from .nets import ResNet, VGGNet
 __all__ = [
     "EMOTIONS",
     "DEFAULT_CLASSIFIER",
+    "load_fer_pair",
     "JUDGE_CLASSIFIER",
     "TEACHER_CLASSIFIER",
     "ClassifierConfig",
@@ -253,3 +254,17 @@ def load_emotion_classifier(name: str = DEFAULT_CLASSIFIER, device: str | torch.
     net.load_state_dict(state, strict=True)
     label = path.stem if path.parent == WEIGHTS_DIR else str(path)
     return EmotionClassifier(net, name=label, metadata=meta).to(device)
+
+
+def load_fer_pair(judge: str | None, teacher: str | None, device: str | torch.device = "cpu"
+                  ) -> tuple[EmotionClassifier, EmotionClassifier | None]:
+    """The judge (default :data:`JUDGE_CLASSIFIER`) and the teacher (default :data:`TEACHER_CLASSIFIER`;
+    ``"none"`` for no teacher column). The judge scores; it must not be the classifier a loss trained against."""
+    j = load_emotion_classifier(judge or JUDGE_CLASSIFIER, device=device)
+    t = None if teacher == "none" else load_emotion_classifier(teacher or TEACHER_CLASSIFIER, device=device)
+    if t is not None and Path(t.name).stem == Path(j.name).stem:
+        raise ValueError(f"the judge and the teacher are both {j.name!r}: the judge must be a classifier no training "
+                         "loss used (pick another --judge, or --teacher none)")
+    if t is not None and tuple(t.labels) != tuple(j.labels):
+        raise ValueError(f"judge {j.name!r} and teacher {t.name!r} use different label orders")
+    return j, t

@@ -56,6 +56,8 @@ class StudyRow:
     l_h: float
     l_conf: float
     note: str = ""
+    teacher_accuracy: float = float("nan")  # the same faces read by the teacher (NaN without one)
+    teacher_agreement: float = float("nan")
 
 
 @dataclass
@@ -111,18 +113,35 @@ def load_sr_models(names: list[str], device: str = "cpu") -> tuple[list[SRModel]
     return models, messages
 
 
-def _row(dataset: str, method: str, lr: int, hr: int, p_hr: np.ndarray, p: np.ndarray, labels: np.ndarray, note: str = "") -> StudyRow:
+def _row(dataset: str, method: str, lr: int, hr: int, p_hr: np.ndarray, p: np.ndarray, labels: np.ndarray, note: str = "",
+         teacher: tuple[np.ndarray, np.ndarray] | None = None) -> StudyRow:
+    """One row read by the judge (``p_hr``, ``p``); ``teacher``: the teacher's (p_hr, p) for its two columns."""
     r = fidelity_report(p_hr, p, labels)
     # The original against itself has L_conf = 0: its ECM would only show the guard (ln 1e-12), so it is left NaN.
     ecm = float("nan") if method == "original" else r.ecm
-    return StudyRow(dataset, method, lr, hr, r.n, float(r.accuracy_sr), r.agreement, r.mean_kl, ecm, r.l_h, r.l_conf, note)
+    t_acc = t_agr = float("nan")
+    if teacher is not None:
+        t = fidelity_report(teacher[0], teacher[1], labels)
+        t_acc, t_agr = float(t.accuracy_sr), t.agreement
+    return StudyRow(dataset, method, lr, hr, r.n, float(r.accuracy_sr), r.agreement, r.mean_kl, ecm, r.l_h, r.l_conf, note,
+                    t_acc, t_agr)
 
 
 def run_study(classifier: EmotionClassifier, root: str | os.PathLike[str] | None = None,
               datasets: tuple[str, ...] = STUDY_DATASETS, sizes: tuple[int, ...] = STUDY_SIZES,
               models: list[SRModel] | None = None, split: str = "test", limit: int | None = None,
-              log: Callable[[str], None] = lambda s: None, face_sets: dict[str, FaceSet] | None = None) -> StudyResult:
-    """All rows of the study (see the module docstring); ``face_sets`` overrides loading (tests)."""
+              log: Callable[[str], None] = lambda s: None, face_sets: dict[str, FaceSet] | None = None,
+              teacher: EmotionClassifier | None = None) -> StudyResult:
+    """All rows of the study (see the module docstring); ``face_sets`` overrides loading (tests).
+
+    ``classifier`` is the judge that fills the main columns; ``teacher``, when given, reads every
+    version again for the teacher columns (a model tuned to its teacher shows up as a gap between them).
+    """
+
+    def read(images) -> tuple[np.ndarray, np.ndarray | None]:
+        images = list(images)
+        return classify_crops(classifier, images), (classify_crops(teacher, images) if teacher is not None else None)
+
     result = StudyResult(rows=[])
     detector = None
     for dataset in datasets:
@@ -137,16 +156,17 @@ def run_study(classifier: EmotionClassifier, root: str | os.PathLike[str] | None
             log(f"{dataset}: {len(faces.skipped)} image(s) without a detected face left out")
         hr = faces.size
         labels = faces.labels
-        p_hr = classify_crops(classifier, list(faces.images))
+        p_hr, t_hr = read(faces.images)
         result.confusion[dataset] = confusion_matrix(labels, p_hr.argmax(1), len(EMOTIONS))
-        result.rows.append(_row(dataset, "original", hr, hr, p_hr, p_hr, labels))
+        result.rows.append(_row(dataset, "original", hr, hr, p_hr, p_hr, labels,
+                                teacher=(t_hr, t_hr) if t_hr is not None else None))
         log(f"{dataset}: {len(labels)} faces at {hr} px, accuracy {accuracy(p_hr, labels):.2%}")
         for lr in sizes:
             if lr >= hr:
                 result.notes.append(f"{dataset}: {lr} px is not below the {hr} px original; no row")
                 continue
-            p = classify_crops(classifier, list(bicubic_roundtrip(faces.images, lr)))
-            result.rows.append(_row(dataset, "bicubic", lr, hr, p_hr, p, labels))
+            p, t = read(bicubic_roundtrip(faces.images, lr))
+            result.rows.append(_row(dataset, "bicubic", lr, hr, p_hr, p, labels, teacher=(t_hr, t) if t is not None else None))
             result.sr_vs_hr[(dataset, "bicubic", lr)] = sr_vs_hr_confusion(p_hr, p)
             log(f"{dataset}: bicubic from {lr} px done")
         for m in models or []:
@@ -157,8 +177,9 @@ def run_study(classifier: EmotionClassifier, root: str | os.PathLike[str] | None
             if detector is None:
                 detector = LandmarkDetector()
             landmarks, _ = detector.detect_landmarks(list(lr_faces))
-            p = classify_crops(classifier, list(m.upscale(lr_faces, landmarks)))
-            result.rows.append(_row(dataset, m.name, m.in_size, hr, p_hr, p, labels, note=f"x{m.scale}"))
+            p, t = read(m.upscale(lr_faces, landmarks))
+            result.rows.append(_row(dataset, m.name, m.in_size, hr, p_hr, p, labels, note=f"x{m.scale}",
+                                    teacher=(t_hr, t) if t is not None else None))
             result.sr_vs_hr[(dataset, m.name, m.in_size)] = sr_vs_hr_confusion(p_hr, p)
             log(f"{dataset}: {m.name} from {m.in_size} px done")
     if detector is not None:
@@ -230,17 +251,20 @@ def plot_study(rows: list[StudyRow], path: str | Path, title: str = "") -> Path:
     return path
 
 
-def study_meta(classifier: EmotionClassifier, command: str) -> dict:
+def study_meta(classifier: EmotionClassifier, command: str, teacher: EmotionClassifier | None = None) -> dict:
     return {"command": command, "date": today(), "machine": machine(), "torch": torch.__version__,
-            "classifier": classifier.name}
+            "classifier": classifier.name, "judge": classifier.name, "teacher": teacher.name if teacher else None}
 
 
 def to_markdown(rows: list[StudyRow]) -> str:
-    lines = ["| dataset | method | from px | faces | accuracy | agreement | mean KL | ECM | L_H | L_conf |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    teacher = any(not np.isnan(r.teacher_accuracy) for r in rows)
+    lines = ["| dataset | method | from px | faces | accuracy | agreement | mean KL | ECM | L_H | L_conf |"
+             + (" accuracy, teacher | agreement, teacher |" if teacher else ""),
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if teacher else "")]
     for r in rows:
         ecm = "-" if np.isnan(r.ecm) else f"{r.ecm:.2f}"
         lines.append(f"| {r.dataset} | {r.method}{' ' + r.note if r.note else ''} | {r.lr_px} | {r.n} | {r.accuracy:.2%} | "
-                     f"{r.agreement:.2%} | {r.mean_kl:.3f} | {ecm} | {r.l_h:.2f} | {r.l_conf:.3f} |")
+                     f"{r.agreement:.2%} | {r.mean_kl:.3f} | {ecm} | {r.l_h:.2f} | {r.l_conf:.3f} |"
+                     + (f" {r.teacher_accuracy:.2%} | {r.teacher_agreement:.2%} |" if teacher else ""))
     return "\n".join(lines)
 

@@ -16,6 +16,7 @@ from .core import (
     ModelSkipped,
     bicubic_batch,
     bicubic_up,
+    emotion_loss_classifier,
     fer_summary,
     load_faces,
     resolve_models,
@@ -24,5 +25,5 @@ from .core import (
 from .report import format_table, write_outputs
 
 __all__ = ["HR_SIZE", "LPIPS_NOTE", "Face", "ModelSkipped", "bicubic_batch", "bicubic_up", "evaluate_cache",
-           "fer_summary", "format_cache_eval", "format_table", "load_faces", "predictor_nme", "resolve_models",
+           "emotion_loss_classifier", "fer_summary", "format_cache_eval", "format_table", "load_faces",  "predictor_nme", "resolve_models",
            "run_evaluation", "score_cache", "write_outputs"]

@@ -6,15 +6,20 @@
 cache made by ``affectsr prepare`` (has ``index.json``). Faces are cropped exactly as ``prepare``
 does (:func:`affectsr.data.prepare.process_image`: largest MediaPipe face, ``FaceBox.square(0.6)``,
 128 px HR); LR = PIL bicubic downscale. Per model: PSNR/SSIM on Y with ``scale`` border pixels
-cropped (:mod:`affectsr.metrics`), ECM / SR-vs-HR label agreement / FER accuracy (the shipped FER
-classifier), and landmark NME of MediaPipe on SR vs on HR (faces where either is not found are
-excluded and counted). LPIPS is not computed: no weights ship offline.
+cropped (:mod:`affectsr.metrics`); expression fidelity (ECM, SR-vs-HR label agreement, FER accuracy
+against the true labels) read by the **judge**, a FER classifier no training loss uses, and again by
+the **teacher** (the classifier the emotion loss trains against) as a second column, so that a
+model tuned to please its teacher shows it; identity (dlib face descriptors, SR vs HR: cosine and
+the share within dlib's 0.6 same-person distance; needs the ``[identity]`` extra); and expression
+geometry: landmark NME of MediaPipe on SR vs on HR, whole face and mouth / eyes / brows (faces where
+either is not found are excluded and counted). LPIPS is not computed: no weights ship offline.
 
 Writes ``per_image.csv``, ``summary.json`` (model name -> metrics), ``run.json`` (command, machine,
 date, data, skipped models), ``summary.md``, ``grid.png`` and ``psnr_vs_ecm.png``.
 """
 from __future__ import annotations
 
+import json
 import sys
 import warnings
 from dataclasses import dataclass, field
@@ -28,15 +33,19 @@ from tqdm import tqdm
 from ..data.dataset import FaceCache
 from ..data.prepare import PrepareConfig, discover, process_image
 from ..emotion import EmotionClassifier, ecm, label_agreement, load_emotion_classifier, mean_kl
+from ..emotion.classifier import load_fer_pair
 from ..emotion.faces import classify_crops
+from ..identity import IdentityEncoder, IdentityModelMissing, identity_scores
 from ..images import bicubic_down, resize
 from ..landmarks import NUM_LANDMARKS, shared_detector
-from ..landmarks.predictor import default_predictor_path, get_landmarks, load_predictor, nme
+from ..landmarks.geometry import REGIONS, region_nme
+from ..landmarks.predictor import default_predictor_path, get_landmarks, load_predictor
 from ..metrics import psnr_y, ssim_y, to_tensor
 from ..models import PRESETS, WeightsNotFoundError, load_model
 from ..models.presets import weights_path
 from ..pipeline import Upscaler
 from ..types import LANDMARK_MODES, check_landmark_mode
+from ..weights import read_metadata
 
 __all__ = ["HR_SIZE", "LPIPS_NOTE", "Face", "ModelSkipped", "bicubic_batch", "bicubic_up", "fer_probs", "fer_summary",
            "load_faces", "resolve_models", "run_evaluation"]
@@ -126,10 +135,33 @@ def resolve_models(names: list[str], scale: int, device: torch.device) -> tuple[
             if getattr(net, "scale", None) != scale:
                 raise ModelSkipped(f"{name!r} upscales x{getattr(net, 'scale', '?')}, not x{scale}")
             net.name, net.trained = name, True
+            net.trained_with = emotion_loss_classifier(weights_path(source) if source in PRESETS else source)
             models[name] = net
         except ModelSkipped as e:
             skipped[name] = str(e)
     return models, skipped
+
+
+def emotion_loss_classifier(path: str | Path | None) -> str | None:
+    """The FER classifier a weights file's emotion loss trained against (from its ``train_config``), or None.
+
+    Files written before the classifier was recorded used the package default of their time,
+    ``fer-mini-xception-ft``, whenever ``lambda_emo`` was above 0.
+    """
+    if path is None:
+        return None
+    try:
+        tc = json.loads(read_metadata(path, "sr").get("train_config", "{}"))
+    except (ValueError, OSError):
+        return None
+    if float(tc.get("lambda_emo", 0) or 0) <= 0:
+        return None
+    return _classifier_key(tc.get("classifier") or "fer-mini-xception-ft")
+
+
+def _classifier_key(name: str) -> str:
+    """``fer-x``, ``fer-x.safetensors`` and ``/path/fer-x.safetensors`` name the same classifier."""
+    return Path(name).name.removesuffix(".safetensors")
 
 
 def bicubic_up(lr: np.ndarray, scale: int) -> np.ndarray:
@@ -163,19 +195,44 @@ def _mean(v) -> float | None:
     return float(np.mean(v)) if v else None
 
 
+def _accuracy(p: np.ndarray, lab: np.ndarray) -> float | None:
+    has = lab >= 0
+    return float((p[has].argmax(1) == lab[has]).mean()) if has.any() else None
+
+
+def _identity_encoder() -> tuple[IdentityEncoder | None, str]:
+    try:
+        return IdentityEncoder(), ""
+    except IdentityModelMissing as e:
+        return None, f"identity: n/a ({e})"
+
+
 def run_evaluation(faces: list[Face], models: dict, scale: int, landmarks: str = "auto", device: str = "cpu",
-                   classifier: str | None = None, progress: bool = True, keep: int = 4) -> dict:
+                   judge: str | None = None, teacher: str | None = None, identity: bool = True,
+                   progress: bool = True, keep: int = 4) -> dict:
     """Metrics per model on faces through the pipeline's :meth:`~affectsr.pipeline.Upscaler.super_resolve`.
 
     Returns {'rows': per-image dicts, 'models': summaries, 'examples': images for the grid,
-    'probs': FER probabilities per face of the HR faces ('hr') and of each model's output}.
+    'probs': the judge's FER probabilities per face of the HR faces ('hr') and of each model's output,
+    'teacher_probs': the same under the teacher (empty without one), 'judge', 'teacher', 'notes'}.
     ``landmarks``: detect, predict, auto or none (LR landmarks from a cache are used where it has them).
+    ``identity``: dlib descriptors SR vs HR (skipped with a note when dlib is not installed).
     """
     check_landmark_mode(landmarks, (*LANDMARK_MODES, "none"))
     dev = torch.device(device)
     det = shared_detector()
-    clf = load_emotion_classifier(classifier, device=dev) if classifier else load_emotion_classifier(device=dev)
+    clf, tea = load_fer_pair(judge, teacher, dev)
     labels = tuple(clf.labels)
+    for name, net in models.items():  # the judge is never the trainer
+        if net is not None and getattr(net, "trained_with", None) == _classifier_key(clf.name):
+            raise ValueError(f"the judge {clf.name!r} is the classifier {name!r}'s emotion loss trained against; "
+                             "pick another --judge")
+    notes = []
+    enc = None
+    if identity:
+        enc, why = _identity_encoder()
+        if why:
+            notes.append(why)
     predictor = None
     if landmarks in ("predict", "auto") and any(m is not None for m in models.values()):
         path = default_predictor_path(scale)
@@ -209,12 +266,16 @@ def run_evaluation(faces: list[Face], models: dict, scale: int, landmarks: str =
         lm_hr[missing] = found_lm
     hr_found = np.isfinite(lm_hr).all(axis=(1, 2))
     p_hr = classify_crops(clf, list(hr))
+    t_hr = classify_crops(tea, list(hr)) if tea is not None else None
     lab = np.array([labels.index(f.label) if f.label in labels else -1 for f in faces])
-    has_label = lab >= 0
     hr_t = to_tensor(hr)
+    if enc is not None:  # the HR face's dlib box is reused on every SR face: same crop geometry by construction
+        rects = [enc.face_rect(f.hr) for f in faces]
+        emb_hr = enc.embed(list(hr), rects)
 
     rows, summaries, examples = [], {}, {"lr": lrs[:keep], "hr": list(hr[:keep]), "ids": [f.id for f in faces[:keep]]}
-    probs = {"hr": p_hr}  # FER distributions per face, for callers that break the metrics down (fairness)
+    probs = {"hr": p_hr}  # the judge's FER distributions per face, for callers that break the metrics down (fairness)
+    teacher_probs = {"hr": t_hr} if t_hr is not None else {}
     total = len(faces) * len(models)
     bar = tqdm(total=total, desc=f"evaluate x{scale}", unit="face", disable=not progress or None, file=sys.stderr)
     try:
@@ -229,29 +290,54 @@ def run_evaluation(faces: list[Face], models: dict, scale: int, landmarks: str =
             ss = ssim_y(sr_t, hr_t, scale).numpy().astype(float)
             p_sr = classify_crops(clf, list(sr))
             probs[name] = p_sr
+            t_sr = classify_crops(tea, list(sr)) if tea is not None else None
+            if t_sr is not None:
+                teacher_probs[name] = t_sr
             lm_sr, sr_found = det.detect_landmarks(list(sr))
             ok = sr_found & hr_found
-            err = np.full(len(faces), np.nan)
+            err = {k: np.full(len(faces), np.nan) for k in ("face", *REGIONS)}
             if ok.any():
-                err[ok] = nme(lm_sr[ok], lm_hr[ok])
+                for k, v in region_nme(lm_sr[ok], lm_hr[ok]).items():
+                    err[k][ok] = v
+            ident = identity_scores(enc.embed(list(sr), rects), emb_hr) if enc is not None else None
             for i, f in enumerate(faces):
-                rows.append({
+                row = {
                     "image": f.id, "model": name, "label": f.label, "psnr": round(float(ps[i]), 4),
                     "ssim": round(float(ss[i]), 6), "hr_pred": labels[int(p_hr[i].argmax())],
                     "sr_pred": labels[int(p_sr[i].argmax())], "agree": int(p_hr[i].argmax() == p_sr[i].argmax()),
                     "p_hr_top": round(float(p_hr[i].max()), 4), "p_sr_of_hr_top": round(float(p_sr[i][p_hr[i].argmax()]), 4),
-                    "nme": "" if not np.isfinite(err[i]) else round(float(err[i]), 5),
+                    "teacher_hr_pred": "", "teacher_sr_pred": "", "teacher_agree": "",
+                    "nme": "" if not np.isfinite(err["face"][i]) else round(float(err["face"][i]), 5),
+                    **{f"nme_{k}": "" if not np.isfinite(err[k][i]) else round(float(err[k][i]), 5) for k in REGIONS},
+                    "identity_cos": "" if ident is None else round(float(ident.cosine[i]), 4),
+                    "identity_dist": "" if ident is None else round(float(ident.distance[i]), 4),
                     "lr_landmarks": "" if net is None else routes[i],
-                })
-            acc_sr = float((p_sr[has_label].argmax(1) == lab[has_label]).mean()) if has_label.any() else None
-            acc_hr = float((p_hr[has_label].argmax(1) == lab[has_label]).mean()) if has_label.any() else None
+                }
+                if t_sr is not None:
+                    row.update(teacher_hr_pred=labels[int(t_hr[i].argmax())], teacher_sr_pred=labels[int(t_sr[i].argmax())],
+                               teacher_agree=int(t_hr[i].argmax() == t_sr[i].argmax()))
+                rows.append(row)
+            judged = fer_summary(p_hr, p_sr)
+            taught = fer_summary(t_hr, t_sr) if t_sr is not None else {"ecm": None, "agreement": None, "kl": None}
             summaries[name] = {
-                "psnr": float(ps.mean()), "ssim": float(ss.mean()), "lpips": None, **fer_summary(p_hr, p_sr),
-                "nme": _mean(err[ok]) if ok.any() else None, "nme_n": int(ok.sum()),
+                "psnr": float(ps.mean()), "ssim": float(ss.mean()), "lpips": None,
+                # ecm / agreement / kl / accuracy_* are the judge's (the default reading); judge_* say so explicitly
+                **judged, "judge": clf.name, **{f"judge_{k}": v for k, v in judged.items()},
+                "accuracy_sr": _accuracy(p_sr, lab), "accuracy_hr": _accuracy(p_hr, lab),
+                "teacher": tea.name if tea is not None else None, **{f"teacher_{k}": v for k, v in taught.items()},
+                "trained_with": getattr(net, "trained_with", None),  # the classifier its emotion loss used
+                "teacher_accuracy_sr": _accuracy(t_sr, lab) if t_sr is not None else None,
+                "teacher_accuracy_hr": _accuracy(t_hr, lab) if t_hr is not None else None,
+                "nme": _mean(err["face"][ok]) if ok.any() else None,
+                **{f"nme_{k}": _mean(err[k][ok]) if ok.any() else None for k in REGIONS}, "nme_n": int(ok.sum()),
                 "nme_excluded": {"hr_not_found": int((~hr_found).sum()), "sr_not_found": int((hr_found & ~sr_found).sum())},
-                "accuracy_sr": acc_sr, "accuracy_hr": acc_hr, "n_labelled": int(has_label.sum()), "n": len(faces),
+                **(ident.summary() if ident is not None else
+                   {"identity_cosine": None, "identity_distance": None, "identity_kept": None}),
+                "n_labelled": int((lab >= 0).sum()), "n": len(faces),
             }
             examples[name] = srs[:keep]
     finally:
         bar.close()
-    return {"rows": rows, "models": summaries, "examples": examples, "probs": probs, "classifier": clf.name}
+    return {"rows": rows, "models": summaries, "examples": examples, "probs": probs, "teacher_probs": teacher_probs,
+            "judge": clf.name, "teacher": tea.name if tea is not None else None, "notes": notes,
+            "classifier": clf.name}

@@ -23,12 +23,27 @@ def _fmt(v, spec: str, pct: bool = False) -> str:
 
 
 def format_table(summary: dict) -> str:
-    lines = ["| model | PSNR-Y (dB) | SSIM-Y | LPIPS | ECM (lower better) | agreement with HR | NME SR vs HR (faces) "
-             "| FER acc SR | FER acc HR | n |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for name, m in summary["models"].items():
-        lines.append(f"| {name} | {_fmt(m['psnr'], '.2f')} | {_fmt(m['ssim'], '.4f')} | n/a | {_fmt(m['ecm'], '.4f')} "
-                     f"| {_fmt(m['agreement'], '.1f', True)} | {_fmt(m['nme'], '.4f')} ({m['nme_n']}) "
-                     f"| {_fmt(m['accuracy_sr'], '.1f', True)} | {_fmt(m['accuracy_hr'], '.1f', True)} | {m['n']} |")
+    """Two Markdown tables: pixels, identity and expression geometry; then expression read by the judge and the teacher."""
+    ms = summary["models"]
+    first = next(iter(ms.values()), {})
+    judge, teacher = first.get("judge", summary.get("classifier")), first.get("teacher")
+    lines = ["| model | PSNR-Y (dB) | SSIM-Y | identity kept (dlib < 0.6) | identity cosine | NME face | NME mouth "
+             "| NME eyes | NME brows | NME faces | n |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, m in ms.items():
+        lines.append(f"| {name} | {_fmt(m['psnr'], '.2f')} | {_fmt(m['ssim'], '.4f')} "
+                     f"| {_fmt(m.get('identity_kept'), '.1f', True)} | {_fmt(m.get('identity_cosine'), '.4f')} "
+                     f"| {_fmt(m['nme'], '.4f')} | {_fmt(m.get('nme_mouth'), '.4f')} | {_fmt(m.get('nme_eyes'), '.4f')} "
+                     f"| {_fmt(m.get('nme_brows'), '.4f')} | {m['nme_n']} | {m['n']} |")
+    lines += ["", f"Expression, read by the judge `{judge}` (no training loss uses it)"
+              + (f" and by the teacher `{teacher}` (the classifier affectsr's emotion loss trains against by default):"
+                 if teacher else ":"), "",
+              "| model | ECM judge (lower better) | agreement with HR, judge | FER acc SR, judge | FER acc HR, judge "
+              "| ECM teacher | agreement with HR, teacher | FER acc SR, teacher |", "|---|---|---|---|---|---|---|---|"]
+    for name, m in ms.items():
+        lines.append(f"| {name} | {_fmt(m['ecm'], '.4f')} | {_fmt(m['agreement'], '.1f', True)} "
+                     f"| {_fmt(m['accuracy_sr'], '.1f', True)} | {_fmt(m['accuracy_hr'], '.1f', True)} "
+                     f"| {_fmt(m.get('teacher_ecm'), '.4f')} | {_fmt(m.get('teacher_agreement'), '.1f', True)} "
+                     f"| {_fmt(m.get('teacher_accuracy_sr'), '.1f', True)} |")
     return "\n".join(lines)
 
 
@@ -38,10 +53,15 @@ def _markdown(summary: dict) -> str:
            f"Data: `{d['path']}` ({d['layout']} layout, split {d['split']}): {summary['faces']} faces from "
            f"{d['inputs']} images, {len(d['skipped'])} without a detected face. HR {summary['hr_size']} px, "
            f"LR = bicubic /{summary['scale']}. PSNR/SSIM on Y, {summary['scale']} px border cropped. "
-           f"FER classifier `{summary['classifier']}`; LR landmarks: {summary['landmarks']}.", "",
-           format_table(summary), "", LPIPS_NOTE, "",
-           "NME: MediaPipe landmarks on SR vs on HR, mean point error / inter-ocular distance; faces where "
-           "either is not found are excluded (count in brackets = faces used).", ""]
+           f"FER judge `{summary['judge']}`, teacher `{summary['teacher']}`; LR landmarks: {summary['landmarks']}.", "",
+           format_table(summary), "", LPIPS_NOTE, *summary.get("notes", []), "",
+           "NME: MediaPipe landmarks on SR vs on HR, mean point error / inter-ocular distance of the HR face, "
+           "over the whole face and over the mouth (lips), eyes (lids and irises) and brows; faces where either is not "
+           "found are excluded (NME faces = faces used). Identity: dlib ResNet face descriptors of SR vs HR (the HR "
+           "face's dlib box on both); kept = descriptor distance below dlib's 0.6 same-person threshold.", ""]
+    for name, m in summary["models"].items():
+        if m.get("trained_with"):
+            out.append(f"- `{name}`: its emotion loss trained against `{m['trained_with']}`")
     for name, why in summary["skipped_models"].items():
         out.append(f"- skipped `{name}`: {why}")
     out += ["", f"`{summary['command']}` on {summary['machine']}, {summary['date']}", ""]
@@ -91,7 +111,8 @@ def _scatter(summary: dict, path: Path) -> None:
 def write_outputs(out: Path, result: dict, summary: dict, scale: int) -> None:
     """``per_image.csv``, ``summary.json``, ``run.json``, ``summary.md``, ``grid.png`` and ``psnr_vs_ecm.png`` in ``out``."""
     fields = ["image", "model", "label", "psnr", "ssim", "hr_pred", "sr_pred", "agree", "p_hr_top",
-              "p_sr_of_hr_top", "nme", "lr_landmarks"]
+              "p_sr_of_hr_top", "teacher_hr_pred", "teacher_sr_pred", "teacher_agree", "nme", "nme_mouth", "nme_eyes",
+              "nme_brows", "identity_cos", "identity_dist", "lr_landmarks"]
 
     def write_csv(tmp: str) -> None:
         with open(tmp, "w", newline="") as f:

@@ -35,8 +35,8 @@ import torch
 
 from ..assets import default_face
 from ..atomic import atomic_write
-from ..emotion import load_emotion_classifier
 from ..emotion.faces import classify_crops
+from ..emotion.classifier import load_fer_pair
 from ..evaluate import Face, load_faces, resolve_models, run_evaluation
 from ..images import save_image
 from ..landmarks import shared_detector
@@ -92,8 +92,8 @@ def _group_name(column: str) -> str:
 
 
 def _evaluate_dataset(path: Path, models: dict, scale: int, occlusions: Sequence[str], groups: Sequence[str],
-                      split: str, limit: int | None, landmarks: str, device: str, clf, classifier: str | None,
-                      progress: bool) -> tuple[list[dict], dict]:
+                      split: str, limit: int | None, landmarks: str, device: str, clf, judge: str | None,
+                      teacher: str | None, progress: bool) -> tuple[list[dict], dict]:
     """Per-face rows (every occlusion x model) and a description of the dataset run."""
     faces, info = load_faces(path, scale, split, limit, progress=progress)
     if not faces:
@@ -118,7 +118,8 @@ def _evaluate_dataset(path: Path, models: dict, scale: int, occlusions: Sequence
         occ_faces = [f if occ == "none" else Face(f.id, occlude(f.hr, occ, f.lm_hr), f.label) for f in faces]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            res = run_evaluation(occ_faces, models, scale, landmarks, device, classifier, progress=progress)
+            res = run_evaluation(occ_faces, models, scale, landmarks, device, judge=judge, teacher=teacher,
+                                 identity=False, progress=progress)
         p_hr = res["probs"]["hr"]
         same = p_hr.argmax(1) == p_clean.argmax(1)
         occluded_hr[occ] = {"agreement_clean": float(same.mean()),
@@ -140,6 +141,7 @@ def _evaluate_dataset(path: Path, models: dict, scale: int, occlusions: Sequence
                     "hr_clean_pred": labels[clean_i], "hr_pred": labels[hr_i], "sr_pred": labels[sr_i],
                     "agree": int(sr_i == hr_i), "agree_clean": int(sr_i == clean_i),
                     "correct": int(sr_i == labels.index(f.label)) if f.label in labels else None,
+                    "teacher_agree": er["teacher_agree"],
                     "psnr": er["psnr"], "ssim": er["ssim"], "nme": er["nme"],
                     "p_hr": p_hr[i], "p_sr": p_sr[i],
                 })
@@ -152,8 +154,8 @@ def _evaluate_dataset(path: Path, models: dict, scale: int, occlusions: Sequence
 def run_report(data_root: str | Path, out_dir: str | Path, models: Sequence[str] | None = None, scale: int = 4,
                limit: int | None = None, occlusions: Sequence[str] = OCCLUSIONS,
                datasets: Sequence[str] = DEFAULT_DATASETS, groups: Sequence[str] = DEFAULT_GROUPS,
-               split: str = "test", landmarks: str = "auto", device: str = "cpu", classifier: str | None = None,
-               progress: bool = True, overwrite: bool = False, command: str | None = None) -> dict:
+               split: str = "test", landmarks: str = "auto", device: str = "cpu", judge: str | None = None,
+               teacher: str | None = None, progress: bool = True, overwrite: bool = False, command: str | None = None) -> dict:
     """Evaluate ``models`` on each dataset's ``split`` under each occlusion; write the report files.
 
     ``models``: names or ``name=path.safetensors`` (default bicubic, affectsr-x<scale>-lite,
@@ -183,17 +185,18 @@ def run_report(data_root: str | Path, out_dir: str | Path, models: Sequence[str]
         print(f"skipping {name}: {why}", file=sys.stderr)
     if not nets:
         raise ValueError("no model left to evaluate")
-    clf = load_emotion_classifier(classifier, device=device) if classifier else load_emotion_classifier(device=device)
+    clf, tea = load_fer_pair(judge, teacher, device)  # the judge scores; the teacher is a second column
 
     rows, described = [], {}
     for p in paths:
         r, d = _evaluate_dataset(p, nets, scale, occlusions, groups, split, limit, landmarks, device, clf,
-                                 classifier, progress)
+                                 judge, teacher, progress)
         rows += r
         described[p.name] = d
     report = {
         "command": command, "machine": machine(), "date": now(),
         "scale": scale, "models": list(nets), "skipped_models": skipped, "classifier": clf.name,
+        "judge": clf.name, "teacher": tea.name if tea is not None else None,
         "occlusions": list(occlusions), "landmarks": landmarks, "limit": limit, "small_group": SMALL_GROUP,
         "datasets": {},
     }
@@ -216,7 +219,7 @@ def run_report(data_root: str | Path, out_dir: str | Path, models: Sequence[str]
 # --- outputs ---------------------------------------------------------------------------------------
 
 _CSV_FIELDS = ("dataset", "image", "occlusion", "model", "hr_clean_pred", "hr_pred", "sr_pred", "agree",
-               "agree_clean", "correct", "psnr", "ssim", "nme")
+               "agree_clean", "correct", "teacher_agree", "psnr", "ssim", "nme")
 
 
 def _pct(v: float | None, ci: list | None = None) -> str:
@@ -237,9 +240,11 @@ def _table(entries: list[dict], models: list[str], first: str, clean: bool = Tru
     """Markdown: one line per group, per model agreement [95 % CI] / agreement with clean HR / ECM."""
     groups = list(dict.fromkeys(e["group"] for e in entries))
     has_acc = any(e["accuracy"] is not None for e in entries)
-    per = 2 + int(clean) + int(has_acc)
+    has_teacher = any(e.get("teacher_agreement") is not None for e in entries)
+    per = 2 + int(clean) + int(has_acc) + int(has_teacher)
     head = f"| {first} | n |" + "".join(f" {m}: agreement % |" + (f" {m}: vs clean HR % |" if clean else "")
-                                       + f" {m}: ECM |" + (f" {m}: FER acc % |" if has_acc else "") for m in models)
+                                       + f" {m}: ECM |" + (f" {m}: FER acc % |" if has_acc else "")
+                                       + (f" {m}: agreement, teacher % |" if has_teacher else "") for m in models)
     lines = [head, "|" + "---|" * (2 + len(models) * per)]
     for g in groups:
         es = {e["model"]: e for e in entries if e["group"] == g}
@@ -256,6 +261,8 @@ def _table(entries: list[dict], models: list[str], first: str, clean: bool = Tru
             cells.append(_num(e["ecm"]))
             if has_acc:
                 cells.append(_pct(e["accuracy"], e["accuracy_ci"]))
+            if has_teacher:
+                cells.append(_pct(e.get("teacher_agreement"), e.get("teacher_agreement_ci")))
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -275,7 +282,9 @@ def _diff_table(entries: list[dict], first: str, clean: bool) -> list[str]:
 
 def _markdown(report: dict) -> str:
     models = report["models"]
-    about = (f"{report['machine']}, {report['date']}. FER classifier `{report['classifier']}`; LR landmarks: "
+    about = (f"{report['machine']}, {report['date']}. Expression read by the judge `{report['judge']}` (no training "
+             f"loss uses it); 'agreement, teacher' = the same agreement read by `{report['teacher']}`, the classifier "
+             f"the emotion loss trains against. LR landmarks: "
              f"{report['landmarks']}. Groups with fewer than {report['small_group']} faces are marked (small).")
     legend = ("Agreement: SR label == label of the occluded HR face (what `evaluate` reports). vs clean HR: SR label "
               "== label of the un-occluded HR face. ECM (lower is better) against the occluded HR face's FER "

@@ -62,7 +62,8 @@ def paired_difference(a: Sequence[int], b: Sequence[int], n_boot: int = 2000, se
     return float(x.mean()), float(lo), float(hi)
 
 
-_RATES = (("agree", "agreement"), ("agree_clean", "agreement_clean"), ("correct", "accuracy"))
+_RATES = (("agree", "agreement"), ("agree_clean", "agreement_clean"), ("correct", "accuracy"),
+          ("teacher_agree", "teacher_agreement"))
 _ORDER = {name: i for i, name in enumerate([b[2] for b in AGE_BINS] + list(OCCLUSIONS))}
 
 

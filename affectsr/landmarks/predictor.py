@@ -30,11 +30,11 @@ from ..images import bicubic_down
 from ..types import check_landmark_mode
 from ..weights import read_weights, shipped, write_weights
 from .detector import NUM_LANDMARKS
+from .geometry import LEFT_EYE_OUTER, RIGHT_EYE_OUTER, nme
 
 __all__ = ["PredictorConfig", "LandmarkPredictor", "load_predictor", "save_predictor", "predict_array",
            "default_predictor_path", "get_landmarks", "nme", "LEFT_EYE_OUTER", "RIGHT_EYE_OUTER"]
 
-RIGHT_EYE_OUTER, LEFT_EYE_OUTER = 33, 263  # outer eye corners in MediaPipe's indexing (inter-ocular distance)
 
 
 @dataclass(frozen=True)
@@ -138,9 +138,3 @@ def get_landmarks(crop: np.ndarray, mode: str = "auto", detector=None, predictor
         return predict_array(predictor, np.asarray(crop)[None], device=device)[0], "predict"
     return None, "none"
 
-
-def nme(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """Per-face NME: mean 2-D point error / inter-ocular distance (outer eye corners 33, 263 of ``target``)."""
-    iod = np.linalg.norm(target[:, LEFT_EYE_OUTER, :2] - target[:, RIGHT_EYE_OUTER, :2], axis=1)
-    err = np.linalg.norm(pred[..., :2] - target[..., :2], axis=2).mean(1)
-    return err / np.maximum(iod, 1e-6)

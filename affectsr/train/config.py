@@ -27,7 +27,7 @@ class TrainConfig:
     grad_clip: float = 1.0  # 0 = off
     ema_decay: float = 0.995
     lambda_emo: float = 0.0  # Emotion Consistency Loss weight (0 = off)
-    classifier: str = ""  # FER classifier for the loss and val ECM ('' = affectsr.emotion's default)
+    classifier: str = ""  # FER classifier for the loss and val ECM ('' = the shipped teacher, fer-teacher-vgg)
     lambda_lm: float = 0.0  # landmark loss weight (needs `predictor`)
     lambda_gan: float = 0.0  # relativistic GAN loss weight (ESRGAN uses 5e-3 after L1 pre-training)
     lambda_temporal: float = 0.0  # temporal consistency on jittered pairs of still faces (affectsr.train.losses); 0 = off

@@ -33,6 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ..atomic import atomic_write
 from ..data.dataset import FaceCache, batch_indices, make_batch
 from ..emotion import EmotionConsistencyLoss, ecm, load_emotion_classifier
+from ..emotion.classifier import TEACHER_CLASSIFIER
 from ..evaluate import score_cache
 from ..landmarks.predictor import load_predictor, predict_array
 from ..models import create_model, save_weights
@@ -235,9 +236,10 @@ def train(cfg: TrainConfig, rank: int | None = None, world_size: int | None = No
         disc = PatchDiscriminator().to(device)
         disc_opt = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
     emo = clf = None
+    # the file records the classifier by name, so that evaluate can refuse it as the judge of this model
+    cfg = dataclasses.replace(cfg, classifier=cfg.classifier or TEACHER_CLASSIFIER)
     try:
-        clf = load_emotion_classifier(cfg.classifier, device=device) if cfg.classifier else \
-            load_emotion_classifier(device=device)
+        clf = load_emotion_classifier(cfg.classifier or TEACHER_CLASSIFIER, device=device)
         if cfg.lambda_emo:
             emo = EmotionConsistencyLoss(clf)
     except Exception as e:  # noqa: BLE001 - emotion weights may not ship; ECM is then not reported
