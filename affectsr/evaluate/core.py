@@ -145,8 +145,9 @@ def resolve_models(names: list[str], scale: int, device: torch.device) -> tuple[
 def emotion_loss_classifier(path: str | Path | None) -> str | None:
     """The FER classifier a weights file's emotion loss trained against (from its ``train_config``), or None.
 
-    Files written before the classifier was recorded used the package default of their time,
-    ``fer-mini-xception-ft``, whenever ``lambda_emo`` was above 0.
+    Files trained before the classifier was recorded name none: the -lite presets' cards say they
+    used ``fer-mini-xception`` (passed explicitly), so that is what such a file is taken to have used.
+    An empty name in a file that has the field meant the default of its time, ``fer-mini-xception-ft``.
     """
     if path is None:
         return None
@@ -156,12 +157,19 @@ def emotion_loss_classifier(path: str | Path | None) -> str | None:
         return None
     if float(tc.get("lambda_emo", 0) or 0) <= 0:
         return None
-    return _classifier_key(tc.get("classifier") or "fer-mini-xception-ft")
+    if "classifier" not in tc:
+        return "fer-mini-xception"
+    return _classifier_key(tc["classifier"] or "fer-mini-xception-ft")
 
 
 def _classifier_key(name: str) -> str:
     """``fer-x``, ``fer-x.safetensors`` and ``/path/fer-x.safetensors`` name the same classifier."""
     return Path(name).name.removesuffix(".safetensors")
+
+
+def _same_family(a: str, b: str) -> bool:
+    """A ``-ft`` classifier is a fine-tune of the one without the suffix: judging with either is judging with the trainer."""
+    return _classifier_key(a).removesuffix("-ft") == _classifier_key(b).removesuffix("-ft")
 
 
 def bicubic_up(lr: np.ndarray, scale: int) -> np.ndarray:
@@ -224,9 +232,10 @@ def run_evaluation(faces: list[Face], models: dict, scale: int, landmarks: str =
     clf, tea = load_fer_pair(judge, teacher, dev)
     labels = tuple(clf.labels)
     for name, net in models.items():  # the judge is never the trainer
-        if net is not None and getattr(net, "trained_with", None) == _classifier_key(clf.name):
-            raise ValueError(f"the judge {clf.name!r} is the classifier {name!r}'s emotion loss trained against; "
-                             "pick another --judge")
+        trained_with = getattr(net, "trained_with", None) if net is not None else None
+        if trained_with and _same_family(trained_with, clf.name):
+            raise ValueError(f"the judge {clf.name!r} is (a fine-tune of) {trained_with!r}, the classifier {name!r}'s "
+                             "emotion loss trained against; pick another --judge")
     notes = []
     enc = None
     if identity:
