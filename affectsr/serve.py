@@ -35,6 +35,7 @@ from PIL import Image
 from .assets import default_face
 from .demo import side_by_side
 from .emotion import EmotionClassifier, load_emotion_classifier
+from .emotion.classifier import JUDGE_CLASSIFIER
 from .emotion.faces import classify_crops, fer_crop
 from .faces import crop_padded
 from .images import IMAGE_SUFFIXES, ImageReadError, LoadedImage, read_image, resize, save_image
@@ -110,7 +111,7 @@ class ServeResult:
 
         n = len(self.faces)
         fig = Figure(figsize=(7.5, 2.3 * n + 0.4), dpi=100, layout="constrained")
-        fig.suptitle("Emotion probabilities per face (FER classifier)", fontsize=10)
+        fig.suptitle(f"Emotion probabilities per face (FER judge {JUDGE_CLASSIFIER})", fontsize=10)
         axes = fig.subplots(n, 1, squeeze=False)[:, 0]
         x = np.arange(len(self.labels))
         width = 0.8 / len(self.columns)
@@ -206,7 +207,8 @@ class ServeApp:
     @property
     def classifier(self) -> EmotionClassifier:
         if self._classifier is None:
-            self._classifier = load_emotion_classifier(device="cpu")
+            # the judge reads the panels: the SR face must not be read by the classifier its loss trained against
+            self._classifier = load_emotion_classifier(JUDGE_CLASSIFIER, device="cpu")
         return self._classifier
 
     def upscaler(self, model: str, scale: int) -> Upscaler:

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..emotion import load_emotion_classifier
+from ..emotion.classifier import JUDGE_CLASSIFIER
 from ..emotion.faces import classify_crops, fer_crop
 from ..faces import crop_padded
 from ..landmarks import FaceBox
@@ -238,7 +239,7 @@ class StabilityMeter:
     def __init__(self, scale: int, margin: float = 0.6, motion: Motion | None = None, classifier=None,
                  device: str = "cpu"):
         self.scale, self.margin, self.motion = scale, margin, motion
-        self.classifier = classifier or load_emotion_classifier(device=device)
+        self.classifier = classifier or load_emotion_classifier(JUDGE_CLASSIFIER, device=device)  # scores SR: the judge
         self._last: dict[int, FaceSample] = {}
         self._before: dict[int, FaceSample] = {}
         self._sums: dict[int, dict[str, list[float]]] = {}  # track -> key -> [sum, count]
