@@ -33,6 +33,10 @@ ROLES = {
     "fsrnet": ("baseline", "FSRNet-style: coarse SR, heatmap prior estimation, prior-guided decoder"),
     "dic": ("baseline", "DIC-style: iterative SR + landmark attention, shared weights"),
     "ours-residual": ("variant", "ours + a global bicubic skip (conv_last starts at 0), as SRCNN/FSRNet/DIC have"),
+    "rrdb-emo": ("ablation", "rrdb + ours' emotion loss (0.02): the loss without the prior"),
+    "srcnn-emo": ("ablation", "srcnn + ours' emotion loss (0.02)"),
+    "fsrnet-emo": ("ablation", "fsrnet + ours' emotion loss (0.02): the loss on the strongest baseline"),
+    "dic-emo": ("ablation", "dic + ours' emotion loss (0.02)"),
     "shipped": ("context", "the shipped -lite weights of this scale: the same network as `ours`, trained longer (see its model card)"),
 }
 

@@ -10,7 +10,7 @@ DEVICE=${DEVICE:-cpu}
 for set in utkface_aligned taiwanese_expr; do
   [ -f .data/cache/$set/index.json ] || $PY -m affectsr prepare "$DATA/$set" --out .data/cache/$set --quiet
 done
-ROWS="ours no-gcn concat no-emotion-loss pooled-prior rrdb srcnn fsrnet dic ours-residual"
+ROWS="ours no-gcn concat no-emotion-loss pooled-prior rrdb srcnn fsrnet dic ours-residual rrdb-emo srcnn-emo fsrnet-emo dic-emo"
 for s in 4 8; do
   [ "${SKIP_TRAIN:-0}" = 1 ] || PY=$PY tools/train_comparison.sh $s
   models=bicubic

@@ -10,8 +10,10 @@ STEPS=${STEPS:-300}
 PY=${PY:-python}
 OUT=${OUT:-.data/runs/compare-x$SCALE}
 COMMON="data=.data/cache/utkface_aligned,.data/cache/taiwanese_expr batch_size=8 lr=4e-4 warmup=30 steps=$STEPS \
-  seed=0 val_every=$STEPS val_max=128 ckpt_minutes=3 threads=1 landmarks=detect"
+  seed=0 val_every=$STEPS val_max=128 ckpt_minutes=3 threads=1 landmarks=detect classifier=${CLASSIFIER:-fer-teacher-vgg}"
 # name | preset | model_args (ablation) | extra overrides
+# The -emo rows are the baselines with ours' emotion loss: what the prior adds beyond the loss. The loss reads
+# the shipped teacher (fer-teacher-vgg) unless CLASSIFIER=... is set; every row uses the same one.
 RUNS="ours|affectsr-x$SCALE-lite||lambda_emo=0.02
 no-gcn|affectsr-x$SCALE-lite|graph=false|lambda_emo=0.02
 concat|affectsr-x$SCALE-lite|fusion=concat|lambda_emo=0.02
@@ -21,7 +23,11 @@ rrdb|rrdb-x$SCALE-lite||lambda_emo=0
 srcnn|srcnn-x$SCALE||lambda_emo=0
 fsrnet|fsrnet-x$SCALE||lambda_emo=0
 dic|dic-x$SCALE||lambda_emo=0
-ours-residual|affectsr-x$SCALE-lite|residual=true|lambda_emo=0.02"
+ours-residual|affectsr-x$SCALE-lite|residual=true|lambda_emo=0.02
+rrdb-emo|rrdb-x$SCALE-lite||lambda_emo=0.02
+srcnn-emo|srcnn-x$SCALE||lambda_emo=0.02
+fsrnet-emo|fsrnet-x$SCALE||lambda_emo=0.02
+dic-emo|dic-x$SCALE||lambda_emo=0.02"
 mkdir -p "$OUT"
 run_one() {
   IFS='|' read -r name preset args extra <<< "$1"
