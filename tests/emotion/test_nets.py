@@ -86,3 +86,43 @@ def test_old_weights_files_load_with_unchanged_outputs(name, expected):
     logits, feats = clf(x)
     torch.testing.assert_close(logits, torch.tensor(expected), atol=2e-4, rtol=0)
     assert feats.shape == (2, 128, 4, 4)
+
+
+def test_teacher_and_judge_are_shipped_and_independent():
+    teacher, judge = load_emotion_classifier(TEACHER_CLASSIFIER), load_emotion_classifier(JUDGE_CLASSIFIER)
+    assert teacher.labels == judge.labels == EMOTIONS
+    assert teacher.config.arch != judge.config.arch
+    recipes = [json.loads(c.metadata["recipe"]) for c in (teacher, judge)]
+    assert recipes[0]["seed"] != recipes[1]["seed"]
+    assert (teacher.metadata["role"], judge.metadata["role"]) == ("teacher", "judge")
+    for name in (TEACHER_CLASSIFIER, JUDGE_CLASSIFIER):
+        card = (WEIGHTS_DIR / f"{name}.md").read_text()
+        assert "PrivateTest" in card and "non-commercial" in card and "confusion matri" in card
+
+
+@pytest.fixture(scope="module")
+def fer_test():
+    root = default_data_root()
+    if root is None or not (root / "fer2013" / "labels.csv").is_file():
+        pytest.skip(f"labelled data not found (set {DATA_ENV} or put it in ../shared/data)")
+    rows = read_labels("fer2013", "test", root)
+    x = torch.from_numpy(load_aligned(rows)).permute(0, 3, 1, 2).float().div_(255.0)
+    return x, np.array([r.label_index for r in rows])
+
+
+JUDGE_FLOOR = 0.60  # fer-judge-resnet: 60.46% (10 epochs; see its card)
+
+
+# Floors are what ships (the issue's target for the teacher, 0.68, is not reached yet: see its card).
+@pytest.mark.slow
+@pytest.mark.parametrize("name, floor", [(TEACHER_CLASSIFIER, 0.65), (JUDGE_CLASSIFIER, JUDGE_FLOOR)])
+def test_shipped_teacher_and_judge_reach_their_privatetest_accuracy(fer_test, one_torch_thread, name, floor):
+    """All 3,589 PrivateTest faces, one view through the wrapper; the figure matches the one recorded in the file."""
+    x, y = fer_test
+    assert len(y) == 3589
+    clf = load_emotion_classifier(name)
+    acc = float((clf.predict_proba(x, batch_size=512).argmax(1).numpy() == y).mean())
+    assert acc >= floor
+    with safe_open(str(WEIGHTS_DIR / f"{name}.safetensors"), framework="pt") as f:
+        recorded = json.loads(f.metadata()["test_accuracy"])["fer2013"]
+    assert acc == pytest.approx(recorded, abs=0.003)
