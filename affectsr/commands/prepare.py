@@ -1,12 +1,17 @@
-"""``affectsr prepare SRC --out CACHE``: a folder of faces -> a sharded training cache."""
+"""``affectsr prepare SRC --out CACHE``: a folder of faces -> a sharded training cache; ``affectsr cache-trunk``:
+a prepared cache -> the frozen Real-ESRGAN trunk's features of its faces (for frozen-trunk training)."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
+from ..data.dataset import FaceCache
 from ..data.prepare import PrepareConfig, prepare
+from ..data.trunk_cache import TrunkCacheConfig, build_trunk_cache, sample_indices
+from .common import fail
 
-__all__ = ["add_parser", "run"]
+__all__ = ["add_parser", "run", "run_cache_trunk"]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,3 +47,35 @@ def add_parser(subparsers) -> None:
     p.add_argument("--limit", type=int, help="only the first N images (by path)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
+
+    t = subparsers.add_parser(
+        "cache-trunk", help="cache the frozen Real-ESRGAN trunk's features of prepared faces",
+        description="Run Real-ESRGAN x4plus's RRDB trunk once per face of prepared cache(s) (same bicubic LR as "
+                    "training), --stop-before blocks short of its end, into float16 shards (affectsr.data.trunk_cache). "
+                    "`affectsr train-frozen-trunk` trains the rest on them. An interrupted run resumes.")
+    t.add_argument("--data", nargs="+", required=True, help="cache folder(s) made by `affectsr prepare`, pooled")
+    t.add_argument("--out", required=True, help="output folder (keep it out of git)")
+    t.add_argument("--scale", type=int, choices=(4, 8), default=4)
+    t.add_argument("--split", default="train", help="train/val/test, or all")
+    t.add_argument("--sample", type=int, default=None, help="a random subset of this many faces of the split")
+    t.add_argument("--seed", type=int, default=0, help="seed of --sample")
+    t.add_argument("--stop-before", type=int, default=0, help="stop this many RRDB blocks before the end")
+    t.add_argument("--shard-size", type=int, default=256)
+    t.add_argument("--batch-size", type=int, default=8)
+    t.add_argument("--threads", type=int, default=1)
+    t.add_argument("-q", "--quiet", action="store_true")
+    t.set_defaults(func=run_cache_trunk)
+
+
+def run_cache_trunk(args: argparse.Namespace) -> int:
+    split = None if args.split == "all" else args.split
+    data = [str(c) for c in args.data]
+    try:
+        faces = FaceCache(data, split=split)
+        cfg = TrunkCacheConfig(data, args.scale, split, args.stop_before, args.shard_size, args.batch_size,
+                               indices=sample_indices(len(faces), args.sample, args.seed))
+        stats = build_trunk_cache(cfg, args.out, threads=args.threads, progress=not args.quiet, faces=faces)
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        return fail(str(e))
+    print(json.dumps(stats))
+    return 0

@@ -1,15 +1,25 @@
-"""``affectsr train KEY=VALUE ...`` (an SR model) and ``affectsr train-predictor`` (the LR landmark predictor)."""
+"""``affectsr train KEY=VALUE ...`` (an SR model), ``affectsr train-frozen-trunk KEY=VALUE ...`` (a full preset from
+Real-ESRGAN's frozen trunk) and ``affectsr train-predictor`` (the LR landmark predictor)."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 
+from ..overrides import parse_overrides as parse_fields
 from ..train import TrainConfig, load_config, parse_overrides, train, train_predictor
+from ..train.frozen_trunk import FrozenTrunkConfig, train_frozen_trunk
 from ..types import SCALES
+from .common import fail
 
-__all__ = ["add_parser", "run_train", "run_train_predictor"]
+__all__ = ["add_parser", "run_train", "run_train_frozen_trunk", "run_train_predictor"]
+
+# FrozenTrunkConfig's fields with their defaults (out and trunk_cache have none: they are required)
+_FROZEN_FIELDS = {f.name: (f.default if f.default is not dataclasses.MISSING else
+                           f.default_factory() if f.default_factory is not dataclasses.MISSING else "")
+                  for f in dataclasses.fields(FrozenTrunkConfig)}
 
 
 def add_parser(subparsers) -> None:
@@ -24,6 +34,16 @@ def add_parser(subparsers) -> None:
     t.add_argument("--config", help="JSON file with TrainConfig fields (overrides apply on top)")
     t.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     t.set_defaults(func=run_train)
+
+    f = subparsers.add_parser(
+        "train-frozen-trunk", help="train a full preset from Real-ESRGAN's frozen trunk on cached features",
+        description="Train (or resume, out/last.pt) an nf64 nb23 AffectSRNet preset initialised from Real-ESRGAN "
+                    "x4plus on trunk features made by `affectsr cache-trunk`: the last blocks, the prior, the fusions "
+                    "and the upsampling path. Config: FrozenTrunkConfig in affectsr/train/frozen_trunk.py.")
+    f.add_argument("overrides", nargs="+", metavar="KEY=VALUE",
+                   help="e.g. out=runs/x4 trunk_cache=runs/trunk-x4 data=.data/cache/a,.data/cache/b model=affectsr-x4 "
+                        "minutes=75 lambda_emo=0.01 classifier=fer-teacher.safetensors")
+    f.set_defaults(func=run_train_frozen_trunk)
 
     p = subparsers.add_parser("train-predictor", help="train the LR landmark predictor on prepared caches",
                               description="Fit a LandmarkPredictor: bicubic LR faces of the train split -> the "
@@ -56,4 +76,21 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_train_predictor(args: argparse.Namespace) -> int:
     print(train_predictor(args.data, args.scale, args.out, args.steps, args.batch, seed=args.seed, threads=args.threads))
+    return 0
+
+
+def run_train_frozen_trunk(args: argparse.Namespace) -> int:
+    try:
+        values = parse_fields(_FROZEN_FIELDS | {"data": ()}, args.overrides)
+        values["data"] = list(values.get("data", ()))
+        cfg = FrozenTrunkConfig(**values)
+    except TypeError as e:
+        return fail(f"{e} (out=... and trunk_cache=... are required)")
+    except ValueError as e:
+        return fail(str(e))
+    try:
+        rec = train_frozen_trunk(cfg)
+    except (ValueError, FileNotFoundError) as e:
+        return fail(str(e))
+    print(f"done: {rec['step']} steps, {rec['wall_s']} s; weights {cfg.out}/model.safetensors")
     return 0

@@ -15,12 +15,11 @@ Layout of ``out``: ``meta.json`` (what was cached, from what, with which weights
 ``fea`` and, when K > 0, ``base``: float16 N x nf x h x w), each written atomically, and
 ``index.json`` once every shard is there. An interrupted build resumes at the first missing shard.
 
-    python -m affectsr.data.trunk_cache --cache .data/cache/utkface_aligned .data/cache/taiwanese_expr \\
+    affectsr cache-trunk --data .data/cache/utkface_aligned .data/cache/taiwanese_expr \\
         --out runs/trunk-x4 --scale 4 --split train --stop-before 2 --threads 1
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import sys
@@ -30,8 +29,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from ..atomic import atomic_write
+from ..models.realesrgan import rrdb_state_dict
 from ..models.rrdb import RRDBNet
 from .dataset import FaceCache, make_batch
 
@@ -78,13 +79,18 @@ def weights_digest(backbone: RRDBNet) -> str:
 
 def realesrgan_backbone(scale: int = 4) -> RRDBNet:
     """Real-ESRGAN x4plus as an RRDBNet of ``scale`` (the trunk is the same at every scale)."""
-    from ..models.realesrgan import rrdb_state_dict
-
     net = RRDBNet(3, 3, 64, 23, 32, scale)
     missing, unexpected = net.load_state_dict(rrdb_state_dict(), strict=False)
     if unexpected or set(missing) - {"upconv3.weight", "upconv3.bias"}:
         raise ValueError(f"Real-ESRGAN does not fit RRDBNet x{scale}: missing {missing[:3]}, unexpected {unexpected[:3]}")
     return net.eval()
+
+
+def sample_indices(n_faces: int, n: int | None, seed: int = 0) -> list[int] | None:
+    """``n`` positions drawn without replacement from ``n_faces`` (sorted), or None (every face) for ``n=None``."""
+    if n is None or n >= n_faces:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(n_faces, size=n, replace=False)).tolist()
 
 
 # --- building ------------------------------------------------------------------------------------
@@ -125,8 +131,6 @@ def build_trunk_cache(cfg: TrunkCacheConfig, out: str | Path, backbone: RRDBNet 
     ``FaceCache(cfg.caches, cfg.split)``. Returns ``{"faces", "computed", "seconds", "faces_per_s"}``
     for the faces computed in this call.
     """
-    from tqdm import tqdm
-
     out = Path(out)
     torch.set_num_threads(threads)
     backbone = (backbone or realesrgan_backbone(cfg.scale)).eval()
@@ -222,32 +226,3 @@ class TrunkCache:
         fea = torch.from_numpy(self.arrays["fea"][rows]).to(device).float()
         base = torch.from_numpy(self.arrays["base"][rows]).to(device).float() if "base" in self.arrays else None
         return fea, base
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m affectsr.data.trunk_cache", description=__doc__.split("\n")[0])
-    p.add_argument("--cache", nargs="+", required=True, help="prepared face cache folder(s), pooled")
-    p.add_argument("--out", required=True)
-    p.add_argument("--scale", type=int, choices=(4, 8), default=4)
-    p.add_argument("--split", default="train", help="train/val/test, or all")
-    p.add_argument("--limit", type=int, default=None, help="the first N faces of the split")
-    p.add_argument("--stop-before", type=int, default=0, help="stop this many RRDB blocks before the end")
-    p.add_argument("--shard-size", type=int, default=256)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("-q", "--quiet", action="store_true")
-    a = p.parse_args(argv)
-    split = None if a.split == "all" else a.split
-    cfg = TrunkCacheConfig([str(c) for c in a.cache], a.scale, split, a.stop_before, a.shard_size, a.batch_size,
-                           indices=None if a.limit is None else list(range(a.limit)))
-    try:
-        stats = build_trunk_cache(cfg, a.out, threads=a.threads, progress=not a.quiet)
-    except (ValueError, FileNotFoundError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps(stats))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
