@@ -190,5 +190,12 @@ def load_model(name: str = "affectsr-x4", pretrained: bool = True, device: str |
         if path.suffix != ".safetensors" or not path.is_file():
             raise WeightsNotFoundError(f"{name!r} is neither a preset ({', '.join(PRESETS)}) nor a .safetensors file")
     model = build_model(read_config(path))
-    model.load_state_dict(read_weights(path, "sr")[0], strict=True)
+    model.load_state_dict(read_state(path), strict=True)
     return model.to(device).eval()
+
+
+def read_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """The full state dict of an SR weights file; a file that ships only what training changed from
+    Real-ESRGAN x4plus (``base`` metadata) is completed from the pinned package, checked by hash."""
+    state, meta = read_weights(path, "sr")
+    return _realesrgan.complete_state(state, meta, str(path))

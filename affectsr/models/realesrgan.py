@@ -159,6 +159,30 @@ def rrdb_state_dict() -> dict[str, torch.Tensor]:
     return sd
 
 
+BASE = "realesrgan-x4plus"
+"""The ``base`` metadata value of a weights file that ships only what training changed from Real-ESRGAN x4plus."""
+
+
+def base_metadata() -> dict[str, str]:
+    """Metadata that marks a weights file as a difference from Real-ESRGAN x4plus (pinned by its .bin's sha256)."""
+    return {"base": BASE, "base_sha256": BIN_SHA256, "base_package": PIP_REQUIREMENT}
+
+
+def complete_state(state: dict[str, torch.Tensor], meta: dict[str, str], source: str = "weights",
+                   prefix: str = "backbone.") -> dict[str, torch.Tensor]:
+    """``state`` (the tensors a file ships) completed with Real-ESRGAN's for every RRDB tensor it leaves out.
+
+    A file without ``base`` metadata is returned unchanged. The RRDB tensors live under ``prefix``
+    (AffectSRNet's ``backbone.``); whatever is still missing afterwards, a strict load reports.
+    """
+    if "base" not in meta:
+        return state
+    if meta["base"] != BASE or meta.get("base_sha256") != BIN_SHA256:
+        raise RealESRGANWeightsError(f"{source}: built on {meta['base']!r} (sha256 {meta.get('base_sha256', '?')[:16]}...), "
+                                     f"not this version's {BASE} ({BIN_SHA256[:16]}...)")
+    return {**{prefix + k: v for k, v in rrdb_state_dict().items()}, **state}
+
+
 # --- Real-ESRGAN's outscale resize (OpenCV INTER_LANCZOS4 on 8-bit images) ----------------------
 
 _COEF_SCALE = 2048  # OpenCV's INTER_RESIZE_COEF_SCALE: 8-bit resizes use 11-bit fixed-point coefficients

@@ -36,11 +36,12 @@ from ..emotion.loss import EmotionConsistencyLoss
 from ..images import resize
 from ..metrics import psnr_y, to_tensor
 from ..models.affectsrnet import AffectSRNet, ModelConfig
-from ..models.presets import PRESETS, save_weights
-from ..models.realesrgan import rrdb_state_dict
+from ..models.presets import PRESETS, read_config, read_state, save_weights
+from ..models.realesrgan import base_metadata, rrdb_state_dict
 from ..runinfo import machine
+from ..weights import read_metadata, write_weights
 
-__all__ = ["FrozenTrunkConfig", "TrunkData", "build_model", "forward_from_trunk", "train_frozen_trunk",
+__all__ = ["FrozenTrunkConfig", "TrunkData", "build_model", "export_weights", "forward_from_trunk", "train_frozen_trunk",
            "trainable_modules"]
 
 
@@ -304,3 +305,18 @@ def train_frozen_trunk(cfg: FrozenTrunkConfig, log=print) -> dict:
     rec = checkpoint(final=True)
     log_f.close()
     return rec
+
+
+def export_weights(src: str | Path, dest: str | Path, half: bool = True, metadata: dict[str, str] | None = None) -> dict:
+    """Write a trained model (``out/model.safetensors`` of a run) as a small file to ship: only the tensors that
+    differ from Real-ESRGAN x4plus (fp16 with ``half``); loading rebuilds the rest from the pinned wheel.
+
+    Returns ``{"shipped": n tensors, "rebuilt": n tensors, "bytes": file size}``.
+    """
+    config, meta = read_config(src), read_metadata(src, "sr")
+    state = read_state(src)
+    base = {"backbone." + k: v for k, v in rrdb_state_dict().items()}
+    changed = {k: v for k, v in state.items() if k not in base or not torch.equal(v, base[k])}
+    keep = {k: v for k, v in meta.items() if k not in ("format", "config")}
+    write_weights(changed, dest, "sr", config.to_dict(), {**keep, **base_metadata(), **(metadata or {})}, half=half)
+    return {"shipped": len(changed), "rebuilt": len(state) - len(changed), "bytes": Path(dest).stat().st_size}

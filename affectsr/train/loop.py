@@ -37,10 +37,9 @@ from ..emotion.classifier import TEACHER_CLASSIFIER
 from ..evaluate import score_cache
 from ..landmarks.predictor import load_predictor, predict_array
 from ..models import create_model, save_weights
-from ..models.presets import parse_config_overrides, read_config
+from ..models.presets import parse_config_overrides, read_config, read_state
 from ..plots import pyplot
 from ..runinfo import machine
-from ..weights import read_weights
 from .config import TrainConfig
 from .losses import PatchDiscriminator, discriminator_loss, generator_gan_loss, temporal_consistency_loss, temporal_pair
 
@@ -90,7 +89,7 @@ def _build_model(cfg: TrainConfig) -> nn.Module:
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.model, **parse_config_overrides(cfg.model, cfg.model_args))
     if cfg.init:
-        state, _ = read_weights(cfg.init, "sr")
+        state = read_state(cfg.init)
         init_cfg = read_config(cfg.init)
         if init_cfg.prior == "none" and model.config.prior != "none":
             model.load_backbone({k.removeprefix("backbone."): v for k, v in state.items()})

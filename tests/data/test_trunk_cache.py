@@ -14,9 +14,10 @@ from affectsr.data.trunk_cache import (
     TrunkCacheConfig,
     build_trunk_cache,
     finish_trunk,
-    main,
+    sample_indices,
     trunk_features,
 )
+from affectsr.cli import main as cli
 from affectsr.models.rrdb import RRDBNet
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -100,7 +101,17 @@ def test_subset_and_cli(tmp_path, capsys):
     with pytest.raises(ValueError, match="indices must lie"):
         build_trunk_cache(TrunkCacheConfig(caches, split=None, indices=[9]), tmp_path / "bad", backbone=net, progress=False)
     # the command line, with the default backbone (Real-ESRGAN from its pinned wheel) on 8 px LR faces
-    assert main(["--cache", *caches, "--out", str(tmp_path / "cli"), "--split", "train", "--limit", "2", "-q"]) == 0
+    args = ["cache-trunk", "--data", *caches, "--out", str(tmp_path / "cli"), "--split", "train", "--sample", "2", "-q"]
+    assert cli(args) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["computed"] == 2
-    assert TrunkCache(tmp_path / "cli").fea.shape == (2, 64, 8, 8)
-    assert main(["--cache", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x"), "-q"]) == 2
+    tc = TrunkCache(tmp_path / "cli")
+    assert tc.fea.shape == (2, 64, 8, 8) and tc.index.tolist() == sample_indices(3, 2, 0)
+    assert cli(args) == 0 and json.loads(capsys.readouterr().out.strip().splitlines()[-1])["computed"] == 0  # resumed: done
+    assert cli(["cache-trunk", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x"), "-q"]) == 2
+    assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_sample_indices():
+    assert sample_indices(5, None) is None and sample_indices(5, 9) is None
+    idx = sample_indices(100, 10, seed=3)
+    assert idx == sorted(idx) and len(set(idx)) == 10 and idx == sample_indices(100, 10, seed=3) != sample_indices(100, 10, 4)

@@ -227,3 +227,22 @@ def test_gaussian_splat_matches_direct_sum(size):
     torch.testing.assert_close(out[:, c].double(), dens, atol=1e-5, rtol=1e-5)
     # the batch rows do not mix
     torch.testing.assert_close(gaussian_splat(nodes[1:], xy[1:], size, sigma), out[1:])
+
+
+@pytest.mark.parametrize("prior", ["spatial", "none"])
+def test_residual_starts_at_bicubic_and_default_is_off(prior):
+    """``residual=True`` (the global bicubic skip) starts exactly at torch bicubic; the default keeps old weights' output."""
+    assert ModelConfig().residual is False
+    torch.manual_seed(0)
+    model = AffectSRNet(ModelConfig(scale=4, prior=prior, residual=True, **SMALL)).eval()
+    lr = torch.rand(2, 3, 8, 8)
+    bicubic = torch.nn.functional.interpolate(lr, scale_factor=4, mode="bicubic", align_corners=False)
+    with torch.no_grad():
+        assert torch.equal(model(lr, _landmarks(2)), bicubic)
+        plain = AffectSRNet(ModelConfig(scale=4, prior=prior, **SMALL)).eval()
+        plain.load_state_dict(model.state_dict())
+        # the same weights without the skip: the network's own output, which the skip adds to bicubic
+        assert torch.allclose(model(lr, _landmarks(2)) - bicubic, plain(lr, _landmarks(2)), atol=1e-6)
+        # the split forward (trunk, then upsample) is the forward
+        bb = model.backbone
+        assert torch.equal(bb.upsample(bb.trunk(lr)), bb(lr))
