@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 import affectsr
+from affectsr.models.presets import PACKAGE_WEIGHTS
 
 FAST = ["--model", "affectsr-x4-lite"]  # untrained lite preset: same pipeline, a fraction of the time
 
@@ -43,7 +44,8 @@ def test_models_lists_presets_with_training_state():
     rows = {m["name"]: m for m in json.loads(r.stdout)}
     assert {"affectsr-x4", "affectsr-x8", "affectsr-x4-lite", "affectsr-x8-lite"} <= set(rows)
     for name, row in rows.items():
-        shipped = (Path(affectsr.__file__).parent / "weights" / f"{name}.safetensors").is_file()
+        # trained = a shipped weights file, or (Real-ESRGAN) weights rebuilt from a pinned pip package
+        shipped = (Path(affectsr.__file__).parent / "weights" / f"{name}.safetensors").is_file() or name in PACKAGE_WEIGHTS
         assert row["trained"] is shipped
     table = run("models").stdout
     assert "affectsr-x8-lite" in table and ("untrained" in table or "trained" in table)
