@@ -263,6 +263,8 @@ class RealESRGAN(nn.Module):
     exactly as Real-ESRGAN does; that part has no gradient. ``landmarks`` are accepted and ignored.
     """
 
+    num_landmarks = 478  # accepted and ignored, so every model has the same call signature (types.SRModel)
+
     def __init__(self, config: RealESRGANConfig | None = None):
         super().__init__()
         self.config = c = config or RealESRGANConfig()
