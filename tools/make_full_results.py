@@ -134,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calib", default=None, help="folder with tools/calibrate_pretrained.py logs")
     ap.add_argument("--results", default=str(ROOT / "docs" / "RESULTS.md"))
     ap.add_argument("--readme", default=str(ROOT / "README.md"))
+    ap.add_argument("--notes", default=None, help="a markdown file appended as the section's reading (written by a person)")
     a = ap.parse_args(argv)
     evals, runs = _kv(a.eval), _kv(a.runs)
     summaries = {k: load_evaluations(v) for k, v in evals.items()}
@@ -142,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         page += scale_section(key, s, runs.get(key, [None])[0])
     if a.calib:
         page += calibration(Path(a.calib))
+    if a.notes:
+        page += ["### Reading", "", Path(a.notes).read_text().strip(), ""]
     splice(Path(a.results), page, "## Published numbers")
     cols = list(summaries)
     names = [n for n in dict.fromkeys(n.replace(f"-{k}", "-xS") for k, s in summaries.items() for n in s["models"])]

@@ -83,14 +83,14 @@ class RRDBNet(nn.Module):
         self.lrelu = nn.LeakyReLU(negative_slope=0.2, inplace=True)
 
     def forward(self, x: torch.Tensor, fuse: FuseFn | None = None) -> torch.Tensor:
-        return self.upsample(self.trunk(x), fuse)
+        return self.head(self.trunk(x), fuse)
 
     def trunk(self, x: torch.Tensor) -> torch.Tensor:
         """conv_first, the RRDB blocks, trunk_conv and the trunk residual: the LR-resolution features."""
         fea = self.conv_first(x)
         return fea + self.trunk_conv(self.RRDB_trunk(fea))
 
-    def upsample(self, fea: torch.Tensor, fuse: FuseFn | None = None) -> torch.Tensor:
+    def head(self, fea: torch.Tensor, fuse: FuseFn | None = None) -> torch.Tensor:
         """Everything after the trunk (stage-0 fusion, the x2 stages, HRconv, conv_last); frozen-trunk training
         (:mod:`affectsr.train.frozen_trunk`) starts here from cached trunk features."""
         if fuse is not None:

@@ -170,7 +170,7 @@ def forward_from_trunk(model: AffectSRNet, fea: torch.Tensor, base: torch.Tensor
         def fuse(i: int, f: torch.Tensor) -> torch.Tensor:
             return f if i >= len(priors) else f + (model.fusions[i](f, priors[i]) - f) * keep
 
-    out = bb.upsample(cut(fea, 1), fuse)
+    out = bb.head(cut(fea, 1), fuse)
     if model.config.residual:
         up = F.interpolate(lr, scale_factor=model.scale, mode="bicubic", align_corners=False)
         out = out + cut(up, model.scale)

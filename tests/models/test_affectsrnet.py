@@ -243,6 +243,6 @@ def test_residual_starts_at_bicubic_and_default_is_off(prior):
         plain.load_state_dict(model.state_dict())
         # the same weights without the skip: the network's own output, which the skip adds to bicubic
         assert torch.allclose(model(lr, _landmarks(2)) - bicubic, plain(lr, _landmarks(2)), atol=1e-6)
-        # the split forward (trunk, then upsample) is the forward
+        # the split forward (trunk, then head) is the forward
         bb = model.backbone
-        assert torch.equal(bb.upsample(bb.trunk(lr)), bb(lr))
+        assert torch.equal(bb.head(bb.trunk(lr)), bb(lr))
