@@ -40,6 +40,12 @@ ROLES = {
     "shipped": ("context", "the shipped -lite weights of this scale: the same network as `ours`, trained longer (see its model card)"),
 }
 
+TRAINER_READ = """> **Read by the trainer.** The ECM, agreement and FER-accuracy columns of this table were read by `{clf}`,
+> which is (a fine-tune of) the classifier the emotion loss of `ours`, the ablations with that loss and `shipped`
+> trained against: a biased reader of those rows. They are not evidence that expression is kept, and no claim
+> rests on them. Re-run `tools/results.sh` to read every row with the held-apart judge; the shipped models
+> under the judge are in [JUDGED.md](JUDGED.md)."""
+
 PUBLISHED = """Published x8 (16 -> 128) PSNR / SSIM, quoted from ../shared/MISSION.md (their test splits and
 their training budgets, not ours: only the gain over bicubic within one table is comparable).
 
@@ -175,7 +181,10 @@ def main(argv: list[str] | None = None) -> int:
                 if name not in runs and (rdir / name).is_dir():
                     runs[name] = run_info(rdir / name)
         d = summary["data"]
-        page += [f"## {scale}: {summary['hr_size'] // summary['scale']} -> {summary['hr_size']} px", "",
+        page += [f"## {scale}: {summary['hr_size'] // summary['scale']} -> {summary['hr_size']} px", ""]
+        if "judge" not in summary:  # evaluated before the judge existed: the reader may be the rows' own trainer
+            page += [TRAINER_READ.format(clf=summary["classifier"]), ""]
+        page += [
                  f"- Test faces: {summary['faces']} ({d['path']}, split {d['split']}); LR = bicubic /{summary['scale']}; "
                  f"PSNR/SSIM on Y with {summary['scale']} px border cropped; expression read by the judge "
                  f"`{summary.get('judge', summary['classifier'])}` (no training loss uses it), teacher "
