@@ -20,11 +20,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .assets import default_face
-from .export import OnnxSRModel, export_onnx
+from .assets import default_face, default_scene
+from .export import OnnxSRModel, export_onnx, load_onnx_model
+from .faces import crop_padded, feather_mask, paste
 from .images import resize
 from .landmarks import LandmarkDetector
-from .models import PRESETS, count_params, create_model
+from .landmarks.predictor import get_landmarks
+from .models import PRESETS, count_params, create_model, load_model
+from .models.presets import default_model
+from .pipeline import Upscaler
 from .runinfo import machine
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -208,3 +212,118 @@ def to_markdown(rows: list[BenchRow]) -> str:
 
 def rows_to_dicts(rows: list[BenchRow]) -> list[dict]:
     return [asdict(r) for r in rows]
+
+
+# --- whole frames: detection + landmarks + SR + paste ---------------------------------------------------------
+
+FRAME_STAGES = ("detect", "landmarks", "background", "sr", "paste")
+"""Where a frame's time goes: face detection on the whole frame, the landmark model on each face crop, the
+bicubic upscale of the whole frame the faces are pasted into, the SR network per face, the feathered paste."""
+
+SCENE_FACE_SIDE = 104  # px: the astronaut's face (MediaPipe's box) in the 512 px scene of affectsr.assets
+
+
+@dataclass
+class FrameRow:
+    model: str
+    backend: str  # "torch" or "onnxruntime"
+    frame: str  # "1920x1080"
+    scale: int
+    faces: int  # faces placed in the frame
+    detected: int  # faces the detector found
+    super_resolved: int  # of those, faces small enough to be super-resolved (the rest stay bicubic)
+    with_landmarks: int  # of those, faces the landmark stage found landmarks on
+    frames_per_s: float  # the whole pipeline (Upscaler(frame)), timed as users call it
+    ms: dict  # stage -> ms per frame (FRAME_STAGES), timed stage by stage in separate passes
+
+
+def synthetic_frame(num_faces: int, size: tuple[int, int] = (1920, 1080), face_px: tuple[int, int] = (24, 48),
+                    seed: int = 0) -> np.ndarray:
+    """A W x H uint8 RGB frame with ``num_faces`` copies of the bundled astronaut scene on a noisy grey ground,
+    scaled so that the faces are ``face_px[0]``..``face_px[1]`` px wide (evenly spread), one per grid cell."""
+    w, h = size
+    rng = np.random.default_rng(seed)
+    frame = (rng.integers(80, 112, (h, w, 3))).astype(np.uint8)
+    if num_faces < 1:
+        return frame
+    cols = int(np.ceil(np.sqrt(num_faces)))
+    rows = int(np.ceil(num_faces / cols))
+    cw, ch = w // cols, h // rows
+    scene = default_scene()
+    sides = np.linspace(face_px[0], face_px[1], num_faces) if num_faces > 1 else [sum(face_px) / 2]
+    for k, face in enumerate(sides):
+        side = round(scene.shape[0] * face / SCENE_FACE_SIDE)
+        if side > min(cw, ch):
+            raise ValueError(f"{num_faces} faces of {face_px[1]} px do not fit a {w}x{h} frame")
+        r, c = divmod(k, cols)
+        y0, x0 = r * ch + (ch - side) // 2, c * cw + (cw - side) // 2
+        frame[y0:y0 + side, x0:x0 + side] = resize(scene, (side, side))
+    return frame
+
+
+def frame_stage_times(up: Upscaler, rgb: np.ndarray, min_time: float) -> tuple[dict[str, float], tuple[int, int, int]]:
+    """Seconds per frame of each of FRAME_STAGES, doing what ``Upscaler.upscale_loaded`` and ``compose`` do
+    for one frame, stage by stage; and (detected, super-resolved, with landmarks) faces."""
+    s = up.scale
+    h, w = rgb.shape[:2]
+    total = dict.fromkeys(FRAME_STAGES, 0.0)
+    n, start = 0, time.perf_counter()
+    while n < 1 or time.perf_counter() - start < min_time:
+        t0 = time.perf_counter()
+        boxes = [fb.square(up.margin) for fb in up.detector.detect_faces(rgb)]
+        t1 = time.perf_counter()
+        out = resize(rgb, (w * s, h * s))
+        t2 = time.perf_counter()
+        total["detect"] += t1 - t0
+        total["background"] += t2 - t1
+        small = [b for b in boxes if b[2] - b[0] <= up.max_face_side]
+        found = 0
+        for x0, y0, x1, y1 in small:
+            t0 = time.perf_counter()
+            crop = crop_padded(rgb, (x0, y0, x1, y1))
+            lm, _route = get_landmarks(crop, up.landmarks, up.detector, up.predictor)
+            t1 = time.perf_counter()
+            sr = up.super_resolve(crop, lm)
+            t2 = time.perf_counter()
+            paste(out, sr, x0 * s, y0 * s, feather_mask((x1 - x0) * s, (x1 - x0) * s))
+            t3 = time.perf_counter()
+            total["landmarks"] += t1 - t0
+            total["sr"] += t2 - t1
+            total["paste"] += t3 - t2
+            found += lm is not None
+        n += 1
+    return {k: v / n for k, v in total.items()}, (len(boxes), len(small), found)
+
+
+def bench_frames(model: str | None = None, faces: list[int] | None = None, backends: tuple[str, ...] = ("torch",),
+                 min_time: float = 2.0, size: tuple[int, int] = (1920, 1080),
+                 face_px: tuple[int, int] = (24, 48)) -> list[FrameRow]:
+    """Frames/s of the whole-image pipeline on :func:`synthetic_frame` frames with each number of ``faces``,
+    per backend, and where each frame's time goes (:func:`frame_stage_times`). ``model``: a preset with
+    weights (default: the x4 preset ``affectsr upscale`` uses); threads: ``torch.get_num_threads()`` for
+    PyTorch and ONNX Runtime alike."""
+    name = model or default_model(4)
+    rows = []
+    with LandmarkDetector() as detector:
+        for backend in backends:
+            net = load_onnx_model(name) if backend == "onnxruntime" else load_model(name)
+            up = Upscaler(model=net, device="cpu", detector=detector)
+            for n in faces or [1, 4, 16]:
+                rgb = synthetic_frame(n, size, face_px)
+                t = time_it(lambda up=up, rgb=rgb: up(rgb), min_time)
+                ms, (det, sr, lm) = frame_stage_times(up, rgb, min_time)
+                rows.append(FrameRow(name, backend, f"{size[0]}x{size[1]}", up.scale, n, det, sr, lm, 1 / t,
+                                     {k: v * 1e3 for k, v in ms.items()}))
+    return rows
+
+
+def frames_markdown(rows: list[FrameRow]) -> str:
+    """One row per backend and face count: frames/s, then ms per frame per stage and each stage's share."""
+    lines = ["| model | backend | frame | faces (found, SR, landmarks) | frames/s | ms/frame | "
+             + " | ".join(FRAME_STAGES) + " |", "|---|---|---|---|---:|---:|" + "---:|" * len(FRAME_STAGES)]
+    for r in rows:
+        staged = sum(r.ms.values())
+        cells = " | ".join(f"{r.ms[k]:.0f} ({r.ms[k] / staged:.0%})" for k in FRAME_STAGES)
+        lines.append(f"| {r.model} | {r.backend} | {r.frame} x{r.scale} | {r.faces} ({r.detected}, {r.super_resolved}, "
+                     f"{r.with_landmarks}) | {r.frames_per_s:.2f} | {1e3 / r.frames_per_s:.0f} | {cells} |")
+    return "\n".join(lines)

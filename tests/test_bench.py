@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from affectsr.bench import BenchRow, add_ratios, rrdb_reference, run_bench, to_markdown
+from affectsr.bench import (FRAME_STAGES, BenchRow, add_ratios, bench_frames, frames_markdown, rrdb_reference, run_bench,
+                            synthetic_frame, to_markdown)
 from affectsr.cli import main
 
 
@@ -49,3 +50,23 @@ def test_bench_bfloat16_rows():
 def test_bench_cli_errors(args, msg, capsys):
     assert main(["bench", "--min-time", "0.01", "--no-landmarks", *args]) == 2
     assert msg in capsys.readouterr().err
+
+
+def test_synthetic_frame_places_the_faces_it_is_asked_for():
+    ground = synthetic_frame(0, (640, 360))
+    assert ground.shape == (360, 640, 3) and ground.dtype == "uint8"
+    frame = synthetic_frame(4, (640, 360), (24, 32))
+    changed = (frame != ground).any(-1)
+    assert changed.any() and not changed[:5].any()  # scenes in their grid cells, not at the frame's edge
+    with pytest.raises(ValueError, match="do not fit"):
+        synthetic_frame(16, (320, 180), (24, 48))
+
+
+@pytest.mark.slow  # MediaPipe detection + the shipped x4 model on a whole frame
+def test_bench_frames_times_every_stage():
+    (row,) = bench_frames(None, [1], ("torch",), min_time=0.0, size=(640, 360), face_px=(40, 48))
+    assert row.frame == "640x360" and row.scale == 4 and row.frames_per_s > 0
+    assert set(row.ms) == set(FRAME_STAGES) and row.ms["detect"] > 0 and row.ms["background"] > 0
+    assert row.detected == row.super_resolved == 1  # one face, small enough to be super-resolved
+    assert row.ms["sr"] > 0 and row.with_landmarks <= 1
+    assert "| 1 (1, 1, " in frames_markdown([row])
