@@ -8,6 +8,7 @@ import torch
 
 from affectsr.cli import main
 from affectsr.models import create_model
+from affectsr.models.presets import FAST
 from affectsr.models.profile import interleaved_medians, profile_markdown, profile_stages
 
 SMALL = dict(nf=16, nb=1, gc=8, gcn_dims=(8, 8))
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.mark.parametrize("clock", ["wall", "cpu"])
 def test_profile_covers_every_stage(clock):
-    model = create_model("affectsr-x4", **SMALL)  # the fast defaults: fusion after the trunk and at 2x only
+    model = create_model("affectsr-x4", **SMALL, **FAST["affectsr-x4-lite"])  # fusion after the trunk and at 2x only
     rows = profile_stages(model, batch=2, lr_size=8, min_time=0.05, name="tiny", clock=clock)
     stages = [r.stage for r in rows]
     assert stages[:2] == ["gcn", "prior splat 16x16"]  # splat once, at the largest fused scale
