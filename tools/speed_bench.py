@@ -120,7 +120,7 @@ def paired_markdown(res: list[dict], clock: str) -> str:
 def commit() -> str:
     """The checkout's commit (and '+changes' when the tree differs from it), for the record."""
     def git(*a: str) -> str:
-        return subprocess.run(["git", *a], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()
+        return subprocess.run(["git", *a], capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1]).stdout.strip()
 
     return (git("rev-parse", "--short", "HEAD") or "unknown") + ("+changes" if git("status", "--porcelain", "affectsr") else "")
 
