@@ -29,7 +29,7 @@ import math
 import os
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
@@ -509,10 +509,13 @@ class LandmarkDetector:
         loose = [b for b in coarse_all if max(b.width, b.height) < keep]
         boxes = _suppress_duplicates(coarse)
         # Best first, each candidate not yet covered by a kept box is looked at again; one that fails
-        # does not hide the others (a face's second box, from another level, may pass).
-        for candidate in clipped(self._fine_boxes(image, min_face) + loose):
+        # does not hide the others (a face's second box, from another level, may pass). The candidates
+        # the coarse boxes leave are verified side by side first (the threads' graphs), then taken in turn.
+        candidates = [c for c in clipped(self._fine_boxes(image, min_face) + loose)
+                      if len(_suppress_duplicates(boxes + [c])) > len(boxes)]
+        checked = self._parallel(lambda graph, c: self._verify(image, c, votes, graph), candidates)
+        for candidate, verified in zip(candidates, checked):
             if len(_suppress_duplicates(boxes + [candidate])) > len(boxes):
-                verified = self._verify(image, candidate, votes)
                 if verified is not None and (verified := _clipped(verified, width, height)) is not None:
                     boxes = _suppress_duplicates(boxes + [verified])
         boxes = [b for b in boxes if max(b.width, b.height) >= _MIN_FACE_SLACK * min_face]
@@ -520,26 +523,27 @@ class LandmarkDetector:
         boxes.sort(key=lambda box: (box.x0, box.y0))
         return boxes
 
-    def _verify(self, image: np.ndarray, box: FaceBox, votes: int = _VERIFY_VOTES) -> FaceBox | None:
+    def _verify(self, image: np.ndarray, box: FaceBox, votes: int = _VERIFY_VOTES, graph: str = "short0"
+                ) -> FaceBox | None:
         """A candidate face seen again, centred in windows a few times its side: its box there, or None.
 
         Textures that fire the short-range model in one tile (star fields, print, grass, a rocket's
         nose cone) rarely do again once centred at other scales, while faces do. A candidate is kept
         when at least ``votes`` (0: always) of these views score it >= _VERIFY_SCORE: the short-range model
         on windows of _VERIFY_CONTEXTS x its side (looked at in turn until the votes are in or cannot be).
-        ``affectsr bench-detect`` measures the result (README, "Face detection").
+        ``affectsr bench-detect`` measures the result (README, "Face detection"). ``graph``: the
+        short-range graph to use (one per thread).
         """
         if votes <= 0:
             return box
-        views = [(context, "short0", TILE) for context in _VERIFY_CONTEXTS]
         passed: list[FaceBox] = []
-        for tried, (context, graph, side) in enumerate(views, 1):
-            found = self._seen_again(image, box, context, graph, side)
+        for tried, context in enumerate(_VERIFY_CONTEXTS, 1):
+            found = self._seen_again(image, box, context, graph, TILE)
             if found is not None and found.score >= _VERIFY_SCORE:
                 passed.append(found)
             if len(passed) >= votes:
                 return max(passed, key=lambda b: b.score)
-            if len(passed) + len(views) - tried < votes:
+            if len(passed) + len(_VERIFY_CONTEXTS) - tried < votes:
                 return None  # the remaining views cannot make up the votes
         return None
 
@@ -589,22 +593,31 @@ class LandmarkDetector:
             for y in ys:
                 for x in xs:
                     jobs.append((level[y:y + TILE, x:x + TILE], x, y, lw / width, lh / height, xs, ys))
-        if not jobs:
-            return []
 
-        def run(worker: int) -> list[FaceBox]:
+        def run(graph: str, job: tuple) -> list[FaceBox]:
+            tile, x, y, sx, sy, xs, ys = job
+            th, tw = tile.shape[:2]
             found = []
-            for tile, x, y, sx, sy, xs, ys in jobs[worker::self.threads]:
-                th, tw = tile.shape[:2]
-                for b in _boxes_from(self._process(f"short{worker}", tile), tw, th, x, y):
-                    cx, cy = (b.x0 + b.x1) / 2.0, (b.y0 + b.y1) / 2.0
-                    if xs[_nearest(xs, tw, cx)] != x or ys[_nearest(ys, th, cy)] != y:
-                        continue  # a neighbouring tile holds this face's centre in its core
-                    x0, y0, x1, y1 = _to_full_range(b.x0 / sx, b.y0 / sy, b.x1 / sx, b.y1 / sy)
-                    found.append(FaceBox(x0, y0, x1, y1, b.score))
+            for b in _boxes_from(self._process(graph, tile), tw, th, x, y):
+                cx, cy = (b.x0 + b.x1) / 2.0, (b.y0 + b.y1) / 2.0
+                if xs[_nearest(xs, tw, cx)] != x or ys[_nearest(ys, th, cy)] != y:
+                    continue  # a neighbouring tile holds this face's centre in its core
+                x0, y0, x1, y1 = _to_full_range(b.x0 / sx, b.y0 / sy, b.x1 / sx, b.y1 / sy)
+                found.append(FaceBox(x0, y0, x1, y1, b.score))
             return found
 
+        return [box for part in self._parallel(run, jobs) for box in part]
+
+    def _parallel(self, work: Callable[[str, Any], Any], jobs: Sequence[Any]) -> list[Any]:
+        """``work(graph, job)`` for every job, in the jobs' order; the jobs are dealt out to ``threads``
+        short-range graphs ('short0', 'short1', ...) that run side by side (MediaPipe releases the GIL)."""
         workers = min(self.threads, len(jobs))
+        if workers == 0:
+            return []
+
+        def run(worker: int) -> list[Any]:
+            return [work(f"short{worker}", job) for job in jobs[worker::workers]]
+
         cold = any(f"short{worker}" not in self._warm for worker in range(workers))
         with _native_stderr_silenced(self.quiet and cold):  # one window over the threads' first runs
             if workers == 1:
@@ -613,7 +626,11 @@ class LandmarkDetector:
                 self._graph(f"short{worker}")  # built here, not in the threads, which share the dict
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="affectsr-detect")
-            return [box for part in self._pool.map(run, range(workers)) for box in part]
+            parts = list(self._pool.map(run, range(workers)))
+        out: list[Any] = [None] * len(jobs)
+        for worker, part in enumerate(parts):
+            out[worker::workers] = part
+        return out
 
     def detect_landmarks(self, crops: np.ndarray | Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """478 landmarks per face crop: (B x 478 x 3 float32, found B bool); rows without a face are NaN.
