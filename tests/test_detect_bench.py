@@ -70,6 +70,8 @@ def test_tiny_run_on_the_astronaut(landmark_detector) -> None:
     assert [t["crop_over_box"] for t in report["tight_crops"]] == list(B.TIGHT_CROPS)
     text = B.to_markdown(report)
     assert "| 56-72 | 2 | 100.0% |" in text and "False positives per face-free photo" in text
+    assert "Command:" not in text
+    assert "Command: `affectsr bench-detect --out x`" in B.to_markdown({**report, "command": "affectsr bench-detect --out x"})
     json.dumps(report)  # plain JSON types only
 
 

@@ -50,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     report["picture"] = info
-    report["command"] = getattr(args, "command_line", None)
+    if getattr(args, "command_line", None):
+        report["command"] = args.command_line  # recorded as typed (affectsr.cli)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     text = to_markdown(report)

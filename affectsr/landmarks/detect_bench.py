@@ -446,6 +446,7 @@ def to_markdown(report: dict) -> str:
     cfg = report["config"]
     lines = [f"Detection benchmark ({report['faces']} faces in {cfg['scenes']} scenes, seed {cfg['seed']}, "
              f"min_face {cfg['min_face']:g}, IoU >= {cfg['iou']}; {report['date']}, {report['machine']})", "",
+             *([f"Command: `{report['command']}`", ""] if report.get("command") else []),
              "| face size (px) | faces | recall colour | recall grey |", "|---|---:|---:|---:|"]
     for c, g in zip(report["recall"]["colour"], report["recall"]["grey"]):
         def pct(r: dict) -> str:
