@@ -80,7 +80,7 @@ def scale_section(key: str, summary: dict, run: Path | None) -> list[str]:
                   f"{last['wall_s'] / 60:.0f} min wall ({last['cpu_s'] / 60:.1f} CPU-min of one thread on a shared machine), "
                   f"batch {cfg['batch']} crops of {cfg['crop']} px + every {cfg['emo_every']}th step {cfg['emo_batch']} whole "
                   f"faces with {cfg['lambda_emo']} x emotion loss (teacher `{Path(cfg['classifier']).name}`), lr {cfg['lr']}, "
-                  f"seed {cfg['seed']}, {meta.get('machine', '')}.", "",
+                  f"seed {cfg['seed']}{', ' + meta['machine'] if meta.get('machine') else ''}.", "",
                   "PSNR-Y during training on the first faces of a test-split trunk cache (monitoring only; nothing was "
                   "selected by it):", "",
                   "| step | wall min | CPU min | PSNR-Y gain over PIL bicubic |", "|---:|---:|---:|---:|"]

@@ -67,8 +67,8 @@ def card(preset: str, run: Path, info: dict, evals: dict | None) -> str:
              f"FER teacher `{Path(cfg['classifier']).name}` (the interim VGG teacher of the expression-judge work, 65.6% "
              f"on FER2013 PrivateTest by its own card; not shipped). Adam lr {cfg['lr']}, betas (0.9, 0.99), seed {cfg['seed']}.",
              f"- Steps: {last['step']}; wall time {last['wall_s'] / 60:.0f} min, {last['cpu_s'] / 60:.1f} CPU-min "
-             f"({meta.get('machine', '')}; the 2-core machine was shared with several other jobs, so wall time is mostly "
-             f"waiting).", ""]
+             f"({meta.get('machine') or 'the 2-core CPU of the evaluation below, 1 torch thread'}; the machine was shared "
+             f"with several other jobs, so wall time is mostly waiting).", ""]
     if mon:
         lines += ["PSNR-Y gain over PIL bicubic during training, first 100 faces of a 200-face test-split trunk cache "
                   "(monitoring, not selection):", "", "| step | gain |", "|---:|---:|"]

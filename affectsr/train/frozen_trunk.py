@@ -251,7 +251,7 @@ def train_frozen_trunk(cfg: FrozenTrunkConfig, log=print) -> dict:
         _save_checkpoint(ckpt, {"trained": trained, "optimizer": opt.state_dict(), "generator": g.get_state(),
                                 "step": step, "elapsed": elapsed, "cpu": cpu})
         save_weights(model, out / "model.safetensors", half=False,
-                     metadata={"steps": str(step), "wall_s": f"{elapsed:.0f}", "cpu_s": f"{cpu:.0f}",
+                     metadata={"steps": str(step), "wall_s": f"{elapsed:.0f}", "cpu_s": f"{cpu:.0f}", "machine": machine(),
                                "init": "realesrgan-x4plus", "trained": json.dumps(sorted(mods))})
         rec = {"step": step, "wall_s": round(elapsed, 1), "cpu_s": round(cpu, 1), "final": final}
         if te is not None and (evaluate or final):
