@@ -27,6 +27,48 @@ def atomic_write(path: str | Path, write: Callable[[str], None], mode: int = 0o6
     return path
 
 
+def write_error(folder: str | Path) -> str | None:
+    """Why files could not be written into ``folder`` (it need not exist yet), else None; creates nothing.
+
+    The check commands run before loading a model, so that a failed run leaves no empty output
+    folder behind: the folder itself is made by the first write. Probes the nearest existing
+    ancestor with a temporary file (which also catches read-only mounts that ``os.access`` misses).
+    """
+    folder = Path(folder)
+    probe = folder
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        return f"{probe} is a file, not a folder" if probe != folder else "is a file, not a folder"
+    try:
+        tempfile.TemporaryFile(dir=probe).close()
+    except OSError as e:
+        return e.strerror or str(e)
+    return None
+
+
+def make_folder(folder: str | Path) -> list[Path]:
+    """``mkdir -p folder``; returns the folders it made, deepest first, for :func:`remove_folders` on failure."""
+    folder, made = Path(folder), []
+    probe = folder
+    while not probe.exists() and probe.parent != probe:
+        made.append(probe)
+        probe = probe.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    return made
+
+
+def remove_folders(made: list[Path]) -> None:
+    """Remove the folders :func:`make_folder` made, deepest first, where they are still empty."""
+    for d in made:
+        try:
+            d.rmdir()
+        except OSError:  # not empty (someone else wrote there) or already gone
+            return
+
+
 def publish_new(tmp: str | Path, path: str | Path) -> None:
     """Move the finished file ``tmp`` to ``path`` unless ``path`` exists (FileExistsError then).
 

@@ -4,7 +4,7 @@
 cache-trunk | train | train-frozen-trunk | train-predictor | evaluate | evaluate-cache | evaluate-predictor | export |
 fairness | serve``
 (``affectsr --help``). Each subcommand returns its exit code: 0 done, 1 some inputs failed, 2 bad
-arguments or input, 130 interrupted.
+arguments or input (a damaged weights file included), 130 interrupted, 141 stdout closed by its reader.
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import os
 import sys
 
 from .commands import bench, bench_detect, demo, emotion, evaluate, export, fairness, models, prepare, serve, train, upscale, video
+from .commands.common import run_command
 from .runinfo import command_line, package_version
 
 COMMANDS = (demo, upscale, models, bench, bench_detect, emotion, prepare, train, evaluate, video, export, fairness, serve)
@@ -38,11 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     args.command_line = command_line(argv)  # recorded in reports exactly as typed
-    try:
-        return args.func(args)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return run_command(args)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .assets import default_face
-from .images import resize
+from .images import resize, save_image
 from .pipeline import Upscaler
 
 
@@ -47,14 +47,19 @@ def draw_landmarks(rgb: np.ndarray, landmarks: np.ndarray | None, scale: float) 
 
 
 def run_demo(out_dir: str | Path = "affectsr-demo", scale: int | None = None, model: str | None = None,
-             size: int = 128, device: str | None = None) -> tuple[Path, dict]:
-    """Make the demo picture; returns its path and a small report (model, trained, PSNRs).
+             size: int = 128, device: str | None = None, overwrite: bool = False) -> tuple[Path, dict]:
+    """Make the demo picture ``out_dir/demo_x<scale>.png``; returns its path and a small report (model, trained, PSNRs).
 
-    ``scale=None``: the model's scale, or 4 when no model is named.
+    ``scale=None``: the model's scale, or 4 when no model is named. An existing picture is replaced
+    only with ``overwrite`` (FileExistsError otherwise, before any upscaling), as ``upscale`` does.
     """
     hr = default_face(size)
+    out = Path(out_dir)
     with Upscaler(scale, model, device) as up:
         scale = up.scale
+        path = out / f"demo_x{scale}.png"
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path} exists (use --overwrite to replace it)")
         lr = resize(hr, (size // scale, size // scale))
         result = up(lr, aligned=True)
     bicubic = resize(lr, (size, size))
@@ -66,10 +71,7 @@ def run_demo(out_dir: str | Path = "affectsr-demo", scale: int | None = None, mo
         (label, result.image),
         (f"original {size}px", hr),
     ]
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"demo_x{scale}.png"
-    side_by_side(panels).save(path)  # the demo's own output file: rewritten on every run
+    save_image(path, np.asarray(side_by_side(panels)), overwrite=overwrite)
     report = {
         "model": result.model_name,
         "trained": result.trained,

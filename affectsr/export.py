@@ -157,10 +157,7 @@ def _resolve(model_or_name: SRModel | str | Path) -> tuple[nn.Module, str, str, 
     if name.endswith(".onnx"):
         raise ValueError(f"{name}: already an ONNX file; export takes a preset name or a .safetensors file")
     weights = weights_file(name)
-    try:
-        net = load_model(name)
-    except (ValueError, RuntimeError, KeyError, TypeError) as e:  # corrupt file, wrong tensors
-        raise ValueError(f"{name}: cannot load these weights ({' '.join(str(e).split())[:200]})") from e
+    net = load_model(name)  # a damaged file raises WeightsError, which names it
     label = name if name in PRESETS else weights.stem
     return net, label, _sha256_file(weights), True
 

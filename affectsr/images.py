@@ -10,8 +10,10 @@ writing is atomic so an interrupted run never leaves half-written outputs.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import struct
+import warnings
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -34,6 +36,7 @@ __all__ = [
     "resize",
     "save_image",
     "to_rgb_uint8",
+    "too_large_message",
 ]
 
 MAX_INPUT_PIXELS: int = 40_000_000
@@ -196,6 +199,13 @@ def to_rgb_uint8(image: Any) -> LoadedImage:
     )
 
 
+def too_large_message(name: str | os.PathLike[str], pixels: int, limit: int = MAX_INPUT_PIXELS,
+                      size: tuple[int, int] | None = None) -> str:
+    """The one message for an image over the pixel limit (the header check and Pillow's bomb check alike)."""
+    dims = f"{size[0]} x {size[1]} = " if size else ""
+    return f"{name}: image too large ({dims}{pixels} pixels; the limit is {limit})"
+
+
 def read_image(path: str | os.PathLike[str], max_pixels: int = MAX_INPUT_PIXELS) -> LoadedImage:
     """Decode one file, refusing oversized or broken inputs with a one-line ImageReadError.
 
@@ -210,15 +220,16 @@ def read_image(path: str | os.PathLike[str], max_pixels: int = MAX_INPUT_PIXELS)
     try:
         if path.stat().st_size == 0:
             raise ImageReadError(f"{path}: not a readable image (empty file)")
-        with Image.open(path) as image:
+        with warnings.catch_warnings():
+            # Pillow warns above ~89 MP and refuses above ~179 MP in its own words; our limit is checked below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+        with image:
             width, height = image.size
             if width <= 0 or height <= 0:
                 raise ImageReadError(f"{path}: not a readable image (zero size {width} x {height})")
             if width * height > max_pixels:
-                raise ImageReadError(
-                    f"{path}: image too large ({width} x {height} = {width * height} pixels;"
-                    f" the limit is {max_pixels})"
-                )
+                raise ImageReadError(too_large_message(path, width * height, max_pixels, (width, height)))
             image.load()
             loaded = to_rgb_uint8(_upright(image))
     except ImageReadError as exc:
@@ -226,8 +237,10 @@ def read_image(path: str | os.PathLike[str], max_pixels: int = MAX_INPUT_PIXELS)
         if message.startswith(str(path)):
             raise
         raise ImageReadError(f"{path}: {message}") from exc
-    except Image.DecompressionBombError as exc:
-        raise ImageReadError(f"{path}: image too large ({_one_line(exc)})") from exc
+    except Image.DecompressionBombError as exc:  # over Pillow's own limit: said as ours
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        pixels = int(found.group(1)) if found else max_pixels + 1
+        raise ImageReadError(too_large_message(path, pixels, max_pixels)) from exc
     except UnidentifiedImageError as exc:
         raise ImageReadError(f"{path}: not a readable image (unknown or corrupt format)") from exc
     except _DECODE_ERRORS as exc:

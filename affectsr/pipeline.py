@@ -37,6 +37,19 @@ class UntrainedModelWarning(UserWarning):
     """The model in use has random weights: its faces are not meaningful."""
 
 
+def broken_output(crop: np.ndarray, sr: torch.Tensor) -> str | None:
+    """Why an SR output must not be pasted (NaN/inf, or flat where the LR crop is not), else None.
+
+    Damaged weights or an overflow give NaN, which turns into a solid black face once cast to uint8;
+    a dead network gives one flat colour. Either is worse than bicubic.
+    """
+    if not bool(torch.isfinite(sr).all()):
+        return "non-finite values (NaN or inf)"
+    if int(crop.max()) - int(crop.min()) > 2 and float(sr.amax() - sr.amin()) < 0.5 / 255:
+        return "a flat output (one colour)"
+    return None
+
+
 @dataclass
 class FaceResult:
     """One face: its square crop box in input pixels, the detection, and its landmarks."""
@@ -113,6 +126,7 @@ class Upscaler:
             raise ValueError(f"model {self.model_name!r} upscales x{self.model.scale}, but scale={scale} was asked")
         self.scale, self.margin = scale, margin
         self.min_face = None if min_face is None else check_min_face(min_face)
+        self.broken_faces = 0  # faces whose SR output was broken and stayed bicubic (see super_resolve)
         self.detector = detector or LandmarkDetector()
         check_landmark_mode(landmarks)
         path = default_predictor_path(scale) if landmarks != "detect" else None
@@ -131,8 +145,15 @@ class Upscaler:
         self.close()
 
     @torch.no_grad()
-    def super_resolve(self, crop: np.ndarray, landmarks: np.ndarray | None) -> np.ndarray:
-        """One RGB uint8 crop (h x w x 3) -> (h*s) x (w*s) x 3 uint8, with landmarks normalised to the crop."""
+    def super_resolve(self, crop: np.ndarray, landmarks: np.ndarray | None, notes: list[str] | None = None
+                      ) -> np.ndarray:
+        """One RGB uint8 crop (h x w x 3) -> (h*s) x (w*s) x 3 uint8, with landmarks normalised to the crop.
+
+        The one per-face SR call of every path (images, video, the web demo, evaluate). An output
+        that is broken (:func:`broken_output`: NaN/inf, or flat where the crop is not) is never
+        returned: the face is upscaled bicubically instead, :attr:`broken_faces` counts it and
+        ``notes`` (when given) gets one line naming the model.
+        """
         h, w = crop.shape[:2]
         pad, s = SR_PAD, self.scale  # replicate-pad the LR crop: the -lite models are weak at the very border
         x = torch.from_numpy(crop).to(self.device).permute(2, 0, 1)[None].float() / 255.0
@@ -142,8 +163,15 @@ class Upscaler:
             lm = torch.from_numpy(landmarks[None]).to(self.device).float().clone()
             lm[..., 0] = (lm[..., 0] * w + pad) / (w + 2 * pad)
             lm[..., 1] = (lm[..., 1] * h + pad) / (h + 2 * pad)
-        y = self.model(x, lm).clamp_(0, 1)[..., pad * s:(pad + h) * s, pad * s:(pad + w) * s]
-        return (y[0].permute(1, 2, 0) * 255.0 + 0.5).byte().cpu().numpy()
+        y = self.model(x, lm)[..., pad * s:(pad + h) * s, pad * s:(pad + w) * s]
+        why = broken_output(crop, y)
+        if why is not None:
+            self.broken_faces += 1
+            note = f"{self.model_name} gave {why} for a face: it was upscaled bicubically instead"
+            if notes is not None and note not in notes:
+                notes.append(note)
+            return resize(crop, (w * s, h * s))
+        return (y.clamp_(0, 1)[0].permute(1, 2, 0) * 255.0 + 0.5).byte().cpu().numpy()
 
     def __call__(self, image, aligned: bool = False) -> UpscaleResult:
         src = read_image(image) if isinstance(image, (str, Path)) else to_rgb_uint8(image)
@@ -154,21 +182,22 @@ class Upscaler:
         """Largest LR face side that is super-resolved (``MAX_SR_SIDE / scale``)."""
         return MAX_SR_SIDE // self.scale
 
-    def upscale_face(self, crop: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    def upscale_face(self, crop: np.ndarray, notes: list[str] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         """One face crop -> (SR at exactly ``scale`` x its size, landmarks normalised to the crop or None)."""
         lm, _route = get_landmarks(crop, self.landmarks, self.detector, self.predictor)
-        return self.super_resolve(crop, lm), lm
+        return self.super_resolve(crop, lm, notes), lm
 
     def compose(self, rgb: np.ndarray, boxes: Sequence[tuple[int, int, int, int]],
-                landmarks: Sequence[np.ndarray | None] | None = None, background: np.ndarray | None = None
-                ) -> tuple[np.ndarray, list[np.ndarray | None]]:
+                landmarks: Sequence[np.ndarray | None] | None = None, background: np.ndarray | None = None,
+                notes: list[str] | None = None) -> tuple[np.ndarray, list[np.ndarray | None]]:
         """Paste each face of ``rgb`` back super-resolved: the per-face loop of every whole-image path.
 
         ``boxes``: square crops (x0, y0, x1, y1) in ``rgb`` pixels, may leave the image (edges are
         replicated). ``landmarks``: one per box, normalised to its crop (None: no prior for that
         face), or None to find them by this upscaler's route. ``background``: the (scale x) image
         to paste into, in place (default: a bicubic upscale of ``rgb``). Faces whose side is over
-        :attr:`max_face_side` stay bicubic. Returns the image and, per box, the landmarks used
+        :attr:`max_face_side` stay bicubic, and so do faces whose SR output is broken (a line in
+        ``notes``, see :meth:`super_resolve`). Returns the image and, per box, the landmarks used
         (None where there were none or the face stayed bicubic).
         """
         s = self.scale
@@ -185,7 +214,7 @@ class Upscaler:
                 lm, _route = get_landmarks(crop, self.landmarks, self.detector, self.predictor)
             else:
                 lm = landmarks[k]
-            paste(out, self.super_resolve(crop, lm), x0 * s, y0 * s, feather_mask(side * s, side * s))
+            paste(out, self.super_resolve(crop, lm, notes), x0 * s, y0 * s, feather_mask(side * s, side * s))
             used.append(lm)
         return out, used
 
@@ -202,7 +231,7 @@ class Upscaler:
                 notes.append(f"the face is {max(h, w)} px, over {self.max_face_side} px at x{s}: upscaled bicubically")
                 return UpscaleResult(resize(rgb, (w * s, h * s)), [FaceResult((0, 0, w, h), None, None)], s,
                                      self.model_name, self.trained, alpha, notes)
-            out, lm = self.upscale_face(rgb)
+            out, lm = self.upscale_face(rgb, notes)
             if lm is None:
                 notes.append("no landmarks found on the aligned face: upscaled without the landmark prior")
             face = FaceResult((0, 0, w, h), None, None if lm is None else lm * [w, h, 1])
@@ -221,7 +250,7 @@ class Upscaler:
         for x0, y0, x1, _ in boxes:
             if x1 - x0 > self.max_face_side:
                 notes.append(f"face at ({x0}, {y0}) is {x1 - x0} px, over {self.max_face_side} px at x{s}: kept bicubic")
-        out, used = self.compose(rgb, boxes)
+        out, used = self.compose(rgb, boxes, notes=notes)
         faces = [FaceResult(box, fb, None if lm is None else lm * [box[2] - box[0], box[2] - box[0], 1] + [box[0], box[1], 0])
                  for box, fb, lm in zip(boxes, detections, used)]
         return UpscaleResult(out, faces, s, self.model_name, self.trained, alpha, notes)

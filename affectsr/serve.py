@@ -44,6 +44,7 @@ from .models import PRESETS
 from .models.presets import default_model, weights_path
 from .pipeline import Upscaler
 from .types import SCALES
+from .weights import WeightsError
 
 if TYPE_CHECKING:
     import gradio
@@ -256,7 +257,7 @@ class ServeApp:
         try:
             with self._lock:
                 return self._process(path, choice, simulate_lr, aligned, name)
-        except (InputError, ImageReadError) as e:
+        except (InputError, ImageReadError, WeightsError) as e:
             return ServeResult(False, str(e))
 
     def _read(self, path: str | os.PathLike | None, name: str | None) -> tuple[LoadedImage, str]:

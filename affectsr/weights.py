@@ -14,9 +14,9 @@ Reading never unpickles anything and never downloads anything: shipped files liv
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -24,8 +24,10 @@ from safetensors.torch import load_file, save_file
 
 from .atomic import atomic_write
 
-__all__ = ["FORMATS", "WEIGHTS_DIR", "Kind", "read_config", "read_metadata", "read_weights", "shipped", "shipped_names",
-           "write_weights"]
+__all__ = ["FORMATS", "WEIGHTS_DIR", "Kind", "WeightsError", "load_state", "make_config", "read_config", "read_metadata",
+           "read_weights", "shipped", "shipped_names", "write_weights"]
+
+T = TypeVar("T")
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 """The shipped weights and model cards (package data)."""
@@ -35,6 +37,21 @@ FORMATS: dict[str, str] = {"sr": "affectsr", "classifier": "affectsr-fer", "land
 _WHAT = {"sr": "an affectsr weights file", "classifier": "an affectsr emotion-classifier weights file",
          "landmarks": "a landmark-predictor weights file"}
 _HOLDS = {"sr": "an SR model", "classifier": "an emotion classifier", "landmarks": "a landmark predictor"}
+
+
+class WeightsError(ValueError):
+    """A weights file that cannot be used, said in one line: its path and a plain reason.
+
+    Every reader here raises it (damaged, foreign, or holding NaN); the commands map it to exit 2.
+    """
+
+    def __init__(self, path: str | Path, reason: str):
+        self.path, self.reason = str(path), " ".join(reason.split())
+        super().__init__(f"{self.path}: {self.reason}")
+
+
+def _unreadable(path: str | Path, e: BaseException) -> WeightsError:
+    return WeightsError(path, f"not a readable safetensors file ({' '.join(str(e).split())[:200] or type(e).__name__})")
 
 
 def shipped(name: str) -> Path | None:
@@ -49,38 +66,92 @@ def shipped_names(prefix: str = "") -> list[str]:
 
 
 def read_metadata(path: str | Path, kind: Kind) -> dict[str, str]:
-    """The metadata of a ``kind`` weights file; a one-line ValueError when the file is something else.
+    """The metadata of a ``kind`` weights file; a :class:`WeightsError` when the file is something else.
 
     SR files written before the format tag existed have only a ``config``; they still read.
     """
+    if not Path(path).exists():
+        raise WeightsError(path, "no such file")
+    if Path(path).is_dir():
+        raise WeightsError(path, "is a folder, not a weights file")
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-    except SafetensorError as e:
-        raise ValueError(f"{path}: not a readable safetensors file ({' '.join(str(e).split())[:200]})") from e
+    except (SafetensorError, OSError, ValueError, OverflowError, MemoryError) as e:
+        raise _unreadable(path, e) from e
     tag = meta.get("format")
     if tag != FORMATS[kind] and not (kind == "sr" and tag is None):
         other = next((k for k, t in FORMATS.items() if t == tag), None)
         why = f"it holds {_HOLDS[other]}" if other else f"format {tag!r}"
-        raise ValueError(f"{path}: not {_WHAT[kind]} ({why})")
+        raise WeightsError(path, f"not {_WHAT[kind]} ({why})")
     if "config" not in meta:
-        raise ValueError(f"{path}: not {_WHAT[kind]} (no config in its metadata)")
+        raise WeightsError(path, f"not {_WHAT[kind]} (no config in its metadata)")
     return meta
 
 
+def _config_json(path: str | Path, meta: Mapping[str, str]) -> dict:
+    try:
+        config = json.loads(meta["config"])
+    except ValueError as e:
+        raise WeightsError(path, f"its config metadata is not valid JSON ({e})") from e
+    if not isinstance(config, dict):
+        raise WeightsError(path, f"its config metadata is not a JSON object (got {type(config).__name__})")
+    return config
+
+
 def read_config(path: str | Path, kind: Kind) -> dict:
-    """The config dict stored in a ``kind`` weights file."""
-    return json.loads(read_metadata(path, kind)["config"])
+    """The config dict stored in a ``kind`` weights file (a WeightsError when it is not a JSON object)."""
+    return _config_json(path, read_metadata(path, kind))
+
+
+def make_config(path: str | Path, factory: Callable[[dict], T], meta: Mapping[str, str]) -> T:
+    """``factory(config dict)`` for the config in ``meta`` (a file's metadata); a WeightsError when it does not fit."""
+    config = _config_json(path, meta)
+    try:
+        return factory(config)
+    except (TypeError, ValueError, KeyError, AttributeError) as e:
+        raise WeightsError(path, f"its config does not fit this version of affectsr ({' '.join(str(e).split())[:200]})"
+                           ) from e
 
 
 def read_weights(path: str | Path, kind: Kind) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """(state dict with floating-point tensors as float32, metadata) of a ``kind`` weights file."""
+    """(state dict with floating-point tensors as float32, metadata) of a ``kind`` weights file.
+
+    Every floating-point tensor is checked for NaN and infinity: a bit flip in the data would
+    otherwise load silently and paint faces black.
+    """
     meta = read_metadata(path, kind)
     try:
         tensors = load_file(str(path))
-    except SafetensorError as e:
-        raise ValueError(f"{path}: not a readable safetensors file ({' '.join(str(e).split())[:200]})") from e
-    return {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}, meta
+    except (SafetensorError, OSError, ValueError, OverflowError, MemoryError) as e:
+        raise _unreadable(path, e) from e
+    state = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
+    for name, v in state.items():
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            bad = int((~torch.isfinite(v)).sum())
+            raise WeightsError(path, f"tensor {name!r} holds {bad} NaN or infinite value(s) (a damaged file)")
+    return state, meta
+
+
+def load_state(module: torch.nn.Module, state: Mapping[str, torch.Tensor], path: str | Path) -> None:
+    """``module.load_state_dict(state, strict=True)``; a one-line WeightsError naming what does not fit."""
+    want = module.state_dict()
+    missing = [k for k in want if k not in state]
+    unexpected = [k for k in state if k not in want]
+    wrong = [k for k in want if k in state and tuple(state[k].shape) != tuple(want[k].shape)]
+    if missing or unexpected or wrong:
+        def some(keys: list[str]) -> str:
+            return ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+
+        parts = [f"{len(missing)} missing ({some(missing)})" if missing else "",
+                 f"{len(unexpected)} unexpected ({some(unexpected)})" if unexpected else "",
+                 f"{len(wrong)} of the wrong shape ({some(wrong)})" if wrong else ""]
+        raise WeightsError(path, f"its tensors do not fit the network its config describes: "
+                                 f"{'; '.join(p for p in parts if p)}")
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as e:  # anything the checks above did not foresee
+        raise WeightsError(path, f"its tensors do not fit the network ({' '.join(str(e).split())[:200]})") from e
 
 
 def write_weights(state: Mapping[str, torch.Tensor], path: str | Path, kind: Kind, config: dict,

@@ -7,15 +7,16 @@ import warnings
 
 from ..demo import run_demo
 from ..types import SCALES
-from .common import device_error
+from .common import default_models, device_error
 
 
 def add_parser(subparsers) -> None:
     d = subparsers.add_parser("demo", help="upscale the bundled face and write a side-by-side PNG (no arguments needed)")
     d.add_argument("--out", default="affectsr-demo", help="output folder (default: ./affectsr-demo)")
     d.add_argument("--scale", type=int, choices=SCALES, default=None, help="4 or 8 (default: the model's, else 4)")
-    d.add_argument("--model", default=None, help="preset name or .safetensors path (default: affectsr-x<scale>)")
+    d.add_argument("--model", default=None, help=f"preset name or .safetensors path (default: {default_models()})")
     d.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    d.add_argument("--overwrite", action="store_true", help="replace an existing demo picture")
     d.set_defaults(func=run)
 
 
@@ -26,8 +27,8 @@ def run(args: argparse.Namespace) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the demo states untrained weights in its own words
         try:
-            path, rep = run_demo(args.out, args.scale, args.model, device=args.device)
-        except (ValueError, FileNotFoundError) as e:
+            path, rep = run_demo(args.out, args.scale, args.model, device=args.device, overwrite=args.overwrite)
+        except (ValueError, FileNotFoundError, FileExistsError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
     print(f"wrote {path}")

@@ -142,7 +142,7 @@ def add_parser(subparsers) -> None:
     s.add_argument("--out", default="affectsr-study", metavar="OUTDIR", help="output folder (default ./affectsr-study)")
     s.add_argument("--name", default="study_resolution", help="file stem of the CSV/JSON/PNG (default study_resolution)")
     s.add_argument("--datasets", default=",".join(STUDY_DATASETS), help=f"comma-separated (default {','.join(STUDY_DATASETS)})")
-    s.add_argument("--sizes", type=_sizes, default=STUDY_SIZES, help="LR sides in px (default 64,32,24,16)")
+    s.add_argument("--sizes", type=_sizes, default=STUDY_SIZES, help=f"LR sides in px (default {','.join(map(str, STUDY_SIZES))})")
     s.add_argument("--models", default=None, metavar="NAME,...",
                    help="SR presets or .safetensors paths to add (presets without trained weights are skipped)")
     s.add_argument("--split", default="test")

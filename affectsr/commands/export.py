@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
+from ..atomic import write_error
 from ..export import DEFAULT_OPSET, MIN_OPSET, ExportError, export_onnx, require, weights_file
 from ..models import WeightsNotFoundError
 from .common import fail
@@ -46,11 +46,8 @@ def run(args: argparse.Namespace) -> int:
         weights_file(args.model)
     except WeightsNotFoundError as e:
         return fail(f"--model {e}")
-    try:  # fail before tracing if the folder cannot be written
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=out.parent).close()
-    except OSError as e:
-        return fail(f"-o {out}: cannot write there ({e.strerror or e})")
+    if (why := write_error(out.parent)) is not None:  # fail before tracing; the folder is made by the write
+        return fail(f"-o {out}: cannot write there ({why})")
     try:
         rep = export_onnx(args.model, out, opset=args.opset, check=not args.no_check, overwrite=args.overwrite)
     except (ValueError, OSError) as e:

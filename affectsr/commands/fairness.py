@@ -9,6 +9,7 @@ import sys
 
 from ..emotion.classifier import JUDGE_CLASSIFIER, TEACHER_CLASSIFIER
 from ..fairness import DEFAULT_DATASETS, DEFAULT_GROUPS, OCCLUSIONS, run_report, summary_lines
+from ..fairness.report import default_models as fairness_models
 from ..types import LANDMARK_MODES, SCALES
 from .common import device_error, recorded_command
 
@@ -26,7 +27,7 @@ def add_parser(subparsers) -> None:
     f.add_argument("--datasets", default=",".join(DEFAULT_DATASETS),
                    help=f"comma-separated sub-folders of --data-root (default {','.join(DEFAULT_DATASETS)})")
     f.add_argument("--models", default=None, help="comma-separated: bicubic, presets, .safetensors paths or "
-                   "name=path.safetensors (default bicubic,affectsr-x<scale>-lite,rrdb-x<scale>-lite)")
+                   f"name=path.safetensors (default {','.join(fairness_models(4))} at x4; {','.join(fairness_models(8))} at x8)")
     f.add_argument("--scale", type=int, choices=SCALES, default=4)
     f.add_argument("--occlusions", default=",".join(OCCLUSIONS), help=f"comma-separated, from {','.join(OCCLUSIONS)}")
     f.add_argument("--groups", default=",".join(DEFAULT_GROUPS),

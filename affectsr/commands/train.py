@@ -9,7 +9,7 @@ import os
 import sys
 
 from ..overrides import parse_overrides as parse_fields
-from ..train import TrainConfig, load_config, parse_overrides, train, train_predictor
+from ..train import TrainConfig, check_init, load_config, parse_overrides, train, train_predictor
 from ..train.frozen_trunk import FrozenTrunkConfig, train_frozen_trunk
 from ..types import SCALES
 from .common import fail
@@ -67,8 +67,13 @@ def run_train(args: argparse.Namespace) -> int:
     if args.print_config:
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
+    check_init(cfg)  # a damaged init= file fails here (WeightsError: exit 2), before the data is opened
     rank = int(os.environ.get("RANK", 0))
-    s = train(cfg, log=print if rank == 0 else (lambda *_: None))
+    try:
+        s = train(cfg, log=print if rank == 0 else (lambda *_: None))
+    except FileNotFoundError as e:  # no prepared cache where data= points
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if rank == 0:
         print(f"done: {s['step']} steps, {s['seconds']} s; EMA weights {s.get('weights')}")
     return 0

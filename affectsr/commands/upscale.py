@@ -3,18 +3,18 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
 from tqdm import tqdm
 
+from ..atomic import write_error
 from ..export import ExportError, load_onnx_model
 from ..images import ImageReadError, iter_image_files
 from ..landmarks.detector import DEFAULT_MIN_FACE
 from ..pipeline import UntrainedModelWarning, Upscaler
 from ..types import LANDMARK_MODES, SCALES
-from .common import device_error
+from .common import default_models, device_error
 
 WRITABLE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 
@@ -24,7 +24,7 @@ def add_parser(subparsers) -> None:
     u.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders (searched recursively)")
     u.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder")
     u.add_argument("--scale", type=int, choices=SCALES, default=None, help="4 or 8 (default: the model's, else 4)")
-    u.add_argument("--model", default=None, help="preset name or .safetensors path (default: affectsr-x<scale>)")
+    u.add_argument("--model", default=None, help=f"preset name or .safetensors path (default: {default_models()})")
     u.add_argument("--aligned", action="store_true", help="inputs are face crops: no detection, no paste-back")
     u.add_argument("--overwrite", action="store_true", help="replace existing output files")
     u.add_argument("--ext", default=None, help="output format, e.g. png (default: keep the input's)")
@@ -89,11 +89,8 @@ def run(args: argparse.Namespace) -> int:
     if (err := device_error(args.device)) is not None:
         print(err, file=sys.stderr)
         return 2
-    try:  # fail before loading anything if the output folder cannot be written
-        out_dir.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=out_dir).close()
-    except OSError as e:
-        print(f"error: -o {out_dir}: cannot write there ({e.strerror or e})", file=sys.stderr)
+    if (why := write_error(out_dir)) is not None:  # fail before loading anything; the folder is made by the first image
+        print(f"error: -o {out_dir}: cannot write there ({why})", file=sys.stderr)
         return 2
     pairs, errors = plan_outputs(args.inputs, out_dir, ext)
     for e in errors:

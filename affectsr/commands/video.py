@@ -11,7 +11,7 @@ from ..pipeline import UntrainedModelWarning
 from ..types import SCALES
 from ..video.io import VIDEO_FORMATS, VideoError, check_paths, open_input
 from ..video.upscale import upscale_video
-from .common import device_error
+from .common import default_models, device_error
 
 __all__ = ["add_parser", "run"]
 
@@ -23,7 +23,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("input", metavar="IN", help="input video (anything FFmpeg reads: mp4, mov, mkv, avi, webm...)")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help=f"output video ({', '.join(VIDEO_FORMATS)})")
     p.add_argument("--scale", type=int, choices=SCALES, default=None, help="default: the model's (x4 if no model)")
-    p.add_argument("--model", default=None, help="preset name or .safetensors path (default: the shipped one)")
+    p.add_argument("--model", default=None, help=f"preset name or .safetensors path (default: {default_models()})")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT (and the --stats file) if they exist")
     p.add_argument("--no-smooth", dest="smooth", action="store_false",

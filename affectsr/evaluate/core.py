@@ -45,7 +45,7 @@ from ..models import PRESETS, WeightsNotFoundError, load_model
 from ..models.presets import weights_path
 from ..pipeline import Upscaler
 from ..types import LANDMARK_MODES, check_landmark_mode
-from ..weights import read_metadata
+from ..weights import WeightsError, read_metadata
 
 __all__ = ["HR_SIZE", "LPIPS_NOTE", "Face", "ModelSkipped", "bicubic_batch", "bicubic_up", "fer_probs", "fer_summary",
            "load_faces", "resolve_models", "run_evaluation"]
@@ -130,6 +130,8 @@ def resolve_models(names: list[str], scale: int, device: torch.device) -> tuple[
                 raise ModelSkipped(f"no trained weights ship for preset {source!r} (untrained: skipped)")
             try:
                 net = load_model(source, device=device)
+            except WeightsError:  # a damaged file the user named is an error, not a row to skip
+                raise
             except (WeightsNotFoundError, ValueError, OSError) as e:
                 raise ModelSkipped(str(e)) from e
             if getattr(net, "scale", None) != scale:
@@ -291,7 +293,7 @@ def run_evaluation(faces: list[Face], models: dict, scale: int, landmarks: str =
         for name, net in models.items():
             srs = []
             for i, lr in enumerate(lrs):
-                srs.append(bicubic_up(lr, scale) if net is None else ups[name].super_resolve(lr, lr_lms[i]))
+                srs.append(bicubic_up(lr, scale) if net is None else ups[name].super_resolve(lr, lr_lms[i], notes))
                 bar.update(1)
             sr = np.stack(srs)
             sr_t = to_tensor(sr)
@@ -343,6 +345,7 @@ def run_evaluation(faces: list[Face], models: dict, scale: int, landmarks: str =
                 **(ident.summary() if ident is not None else
                    {"identity_cosine": None, "identity_distance": None, "identity_kept": None}),
                 "n_labelled": int((lab >= 0).sum()), "n": len(faces),
+                "broken_faces": 0 if net is None else ups[name].broken_faces,  # SR output NaN/flat: bicubic used
             }
             examples[name] = srs[:keep]
     finally:

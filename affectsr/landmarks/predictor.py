@@ -17,7 +17,6 @@ Train with ``affectsr train-predictor`` (:mod:`affectsr.train.predictor`) and re
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from torch import nn
 
 from ..images import bicubic_down
 from ..types import check_landmark_mode
-from ..weights import read_weights, shipped, write_weights
+from ..weights import load_state, make_config, read_weights, shipped, write_weights
 from .detector import NUM_LANDMARKS
 from .geometry import LEFT_EYE_OUTER, RIGHT_EYE_OUTER, nme
 
@@ -93,8 +92,8 @@ def save_predictor(model: LandmarkPredictor, path: str | Path, metadata: dict[st
 def load_predictor(path: str | Path, device: str | torch.device = "cpu") -> LandmarkPredictor:
     """A frozen predictor in eval mode from a weights file (no pickle)."""
     state, meta = read_weights(path, "landmarks")
-    model = LandmarkPredictor(PredictorConfig(**json.loads(meta["config"])))
-    model.load_state_dict(state)
+    model = LandmarkPredictor(make_config(path, lambda d: PredictorConfig(**d), meta))
+    load_state(model, state, path)
     for p in model.parameters():
         p.requires_grad_(False)
     return model.to(device).eval()

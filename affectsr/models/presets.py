@@ -10,7 +10,6 @@ presets are the exception: their weights are rebuilt from a pinned pip dependenc
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,16 @@ from typing import Any
 import torch
 
 from ..overrides import parse_overrides
-from ..weights import WEIGHTS_DIR, read_metadata, read_weights, shipped, write_weights  # noqa: F401 (WEIGHTS_DIR: re-export)
+from ..weights import (  # noqa: F401 (WEIGHTS_DIR: re-export)
+    WEIGHTS_DIR,
+    WeightsError,
+    load_state,
+    make_config,
+    read_metadata,
+    read_weights,
+    shipped,
+    write_weights,
+)
 from .affectsrnet import AffectSRNet, ModelConfig
 from .dic import DIC, DICConfig
 from .fsrnet import FSRNet, FSRNetConfig
@@ -163,8 +171,8 @@ def read_config(path: str | Path) -> Any:
     meta = read_metadata(path, "sr")
     arch = meta.get("arch", "affectsrnet")
     if arch not in ARCHITECTURES:
-        raise ValueError(f"{path}: architecture {arch!r} is not one this version knows ({', '.join(ARCHITECTURES)})")
-    return ARCHITECTURES[arch][0](**json.loads(meta["config"]))
+        raise WeightsError(path, f"architecture {arch!r} is not one this version knows ({', '.join(ARCHITECTURES)})")
+    return make_config(path, lambda d: ARCHITECTURES[arch][0](**d), meta)
 
 
 def load_model(name: str = "affectsr-x4", pretrained: bool = True, device: str | torch.device = "cpu") -> torch.nn.Module:
@@ -190,7 +198,7 @@ def load_model(name: str = "affectsr-x4", pretrained: bool = True, device: str |
         if path.suffix != ".safetensors" or not path.is_file():
             raise WeightsNotFoundError(f"{name!r} is neither a preset ({', '.join(PRESETS)}) nor a .safetensors file")
     model = build_model(read_config(path))
-    model.load_state_dict(read_state(path), strict=True)
+    load_state(model, read_state(path), path)
     return model.to(device).eval()
 
 

@@ -40,10 +40,11 @@ from ..models import create_model, save_weights
 from ..models.presets import parse_config_overrides, read_config, read_state
 from ..plots import pyplot
 from ..runinfo import machine
+from ..weights import WeightsError, load_state
 from .config import TrainConfig
 from .losses import PatchDiscriminator, discriminator_loss, generator_gan_loss, temporal_consistency_loss, temporal_pair
 
-__all__ = ["LOG_FIELDS", "plot_curves", "train"]
+__all__ = ["LOG_FIELDS", "check_init", "plot_curves", "train"]
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
@@ -91,11 +92,21 @@ def _build_model(cfg: TrainConfig) -> nn.Module:
     if cfg.init:
         state = read_state(cfg.init)
         init_cfg = read_config(cfg.init)
-        if init_cfg.prior == "none" and model.config.prior != "none":
-            model.load_backbone({k.removeprefix("backbone."): v for k, v in state.items()})
+        if getattr(init_cfg, "prior", None) == "none" and getattr(model.config, "prior", None) != "none":
+            try:
+                model.load_backbone({k.removeprefix("backbone."): v for k, v in state.items()})
+            except (RuntimeError, KeyError) as e:
+                raise WeightsError(cfg.init, f"its tensors do not fit the backbone ({' '.join(str(e).split())[:200]})") from e
         else:
-            model.load_state_dict(state, strict=True)
+            load_state(model, state, cfg.init)
     return model
+
+
+def check_init(cfg: TrainConfig) -> None:
+    """Raise the WeightsError a damaged or unfitting ``init=`` file would raise, before any data is read."""
+    if cfg.init:
+        with torch.random.fork_rng(devices=[]):  # _build_model seeds; training's own RNG stays untouched
+            _build_model(cfg)
 
 
 def _temporal_term(net, b, sr: torch.Tensor, scale: int, cfg: TrainConfig, epoch: int, step: int, cuda: bool

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ..atomic import atomic_write, publish_new
+from ..atomic import atomic_write, make_folder, publish_new, remove_folders
 from ..faces import crop_padded
 from ..images import resize
 from ..landmarks.predictor import get_landmarks
@@ -97,7 +97,8 @@ class VideoReport:
 
 
 def upscale_frame(up: Upscaler, rgb: np.ndarray, tracker: FaceTracker, t: float,
-                  detect: KeyframeDetector | None = None) -> tuple[np.ndarray, np.ndarray, list[FaceRecord]]:
+                  detect: KeyframeDetector | None = None, notes: list[str] | None = None
+                  ) -> tuple[np.ndarray, np.ndarray, list[FaceRecord]]:
     """One LR frame -> (output, bicubic, records): each face detected, tracked, super-resolved, pasted back.
 
     :meth:`Upscaler.compose` does the pasting, given the crop boxes and landmarks of the tracks
@@ -133,7 +134,7 @@ def upscale_frame(up: Upscaler, rgb: np.ndarray, tracker: FaceTracker, t: float,
         boxes.append((x0, y0, x1, y1))
         landmarks.append(None if used is None else ((used - origin) / to_px).astype(np.float32))
         records.append(FaceRecord(tr.id, matched, tr.observed, (x0, y0, x1, y1), raw, used, True))
-    out, _ = up.compose(rgb, boxes, landmarks, background=bic.copy())
+    out, _ = up.compose(rgb, boxes, landmarks, background=bic.copy(), notes=notes)
     return out, bic, records
 
 
@@ -169,6 +170,8 @@ def upscale_video(src: str | Path, dst: str | Path, scale: int | None = None,
     inp, v, a, rate = open_input(src)
     own = upscaler is None
     writer = tmp = up = None
+    made: list[Path] = []  # output folders this run created: removed again unless the video is written
+    done = False
     try:
         up = upscaler or Upscaler(scale, model, device)
         if scale is not None and up.scale != scale:
@@ -178,7 +181,7 @@ def upscale_video(src: str | Path, dst: str | Path, scale: int | None = None,
         tracks = FaceTracker(tracker, smooth=smooth)
         detect = KeyframeDetector(up.detector, keyframe_interval, up.min_face if min_face is None else min_face)
         tb = Fraction(v.time_base) if v.time_base else 1 / rate
-        dst.parent.mkdir(parents=True, exist_ok=True)
+        made = make_folder(dst.parent)
         fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.stem}.", suffix=dst.suffix)
         os.close(fd)
         total = v.frames or None
@@ -222,7 +225,7 @@ def upscale_video(src: str | Path, dst: str | Path, scale: int | None = None,
                     pts = last_pts + 1  # repeated/broken time stamps would stop the encoder
                 last_pts = pts
                 t = float(pts * tb)
-                out, bic, records = upscale_frame(up, rgb, tracks, t, detect)
+                out, bic, records = upscale_frame(up, rgb, tracks, t, detect, notes)
                 n_tracks = tracks.started
                 if meter is not None:
                     meter.add(i, rgb, out, bic, records)
@@ -250,6 +253,7 @@ def upscale_video(src: str | Path, dst: str | Path, scale: int | None = None,
                              faces_per_frame, n_tracks, round(seconds, 3), round(frames / max(seconds, 1e-9), 3),
                              round(cpu, 3), up.model_name, s, smooth, meter.summary() if meter is not None else None, notes,
                              detect.keyframes, round(detect.seconds / max(frames, 1), 4))
+        done = True
         if stats_path is not None:
             text = json.dumps(report.to_dict(), indent=2) + "\n"
             atomic_write(stats_path, lambda p: Path(p).write_text(text))
@@ -259,6 +263,8 @@ def upscale_video(src: str | Path, dst: str | Path, scale: int | None = None,
             writer.abort()
         if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
+        if not done:
+            remove_folders(made)
         inp.close()
         if own and up is not None:
             up.close()
