@@ -49,14 +49,19 @@ def write_error(folder: str | Path) -> str | None:
     return None
 
 
+def missing_folders(folder: str | Path) -> list[Path]:
+    """``folder`` and those of its ancestors that do not exist yet, deepest first."""
+    missing, probe = [], Path(folder)
+    while not probe.exists() and probe.parent != probe:
+        missing.append(probe)
+        probe = probe.parent
+    return missing
+
+
 def make_folder(folder: str | Path) -> list[Path]:
     """``mkdir -p folder``; returns the folders it made, deepest first, for :func:`remove_folders` on failure."""
-    folder, made = Path(folder), []
-    probe = folder
-    while not probe.exists() and probe.parent != probe:
-        made.append(probe)
-        probe = probe.parent
-    folder.mkdir(parents=True, exist_ok=True)
+    made = missing_folders(folder)
+    Path(folder).mkdir(parents=True, exist_ok=True)
     return made
 
 

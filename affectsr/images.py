@@ -28,10 +28,12 @@ from .atomic import publish_new
 __all__ = [
     "IMAGE_SUFFIXES",
     "MAX_INPUT_PIXELS",
+    "WRITABLE_SUFFIXES",
     "ImageReadError",
     "LoadedImage",
     "bicubic_down",
     "iter_image_files",
+    "output_suffix",
     "read_image",
     "resize",
     "save_image",
@@ -42,7 +44,7 @@ __all__ = [
 MAX_INPUT_PIXELS: int = 40_000_000
 """Inputs with more pixels are refused before decoding (about 120 MB as RGB)."""
 
-# Suffix -> (PIL format, keeps alpha). Also the set of suffixes we scan for.
+# Suffix -> (PIL format, keeps alpha): the formats written (and read).
 _FORMATS: dict[str, tuple[str, bool]] = {
     ".png": ("PNG", True),
     ".jpg": ("JPEG", False),
@@ -53,8 +55,11 @@ _FORMATS: dict[str, tuple[str, bool]] = {
     ".tiff": ("TIFF", True),
 }
 
-IMAGE_SUFFIXES: frozenset[str] = frozenset(_FORMATS)
-"""Lower-case suffixes treated as images when scanning folders (all of them can also be written)."""
+WRITABLE_SUFFIXES: frozenset[str] = frozenset(_FORMATS)
+"""Lower-case suffixes :func:`save_image` writes."""
+
+IMAGE_SUFFIXES: frozenset[str] = WRITABLE_SUFFIXES | {".gif"}
+"""Lower-case suffixes treated as images when scanning folders: the written ones, and GIF (read, written as PNG)."""
 
 # Everything PIL raises for files it cannot parse or decode.
 _DECODE_ERRORS: tuple[type[BaseException], ...] = (
@@ -230,6 +235,10 @@ def read_image(path: str | os.PathLike[str], max_pixels: int = MAX_INPUT_PIXELS)
                 raise ImageReadError(f"{path}: not a readable image (zero size {width} x {height})")
             if width * height > max_pixels:
                 raise ImageReadError(too_large_message(path, width * height, max_pixels, (width, height)))
+            if getattr(image, "is_animated", False):  # only the first frame would be read: say so instead
+                hint = f" (an animated GIF plays through `affectsr video {path.name} -o OUT.mp4`)" \
+                    if image.format == "GIF" else ""
+                raise ImageReadError(f"{path}: an animated image ({image.n_frames} frames); still images only{hint}")
             image.load()
             loaded = to_rgb_uint8(_upright(image))
     except ImageReadError as exc:
@@ -330,6 +339,23 @@ def save_image(
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def output_suffix(src: str | os.PathLike[str], ext: str | None = None) -> tuple[str, str | None]:
+    """The output format rule of every command that writes an image: (suffix, note or None).
+
+    ``ext`` (``--ext``) wins. Otherwise the input's format is kept when it can be written as faithfully
+    as it was read (PNG, JPEG, WebP, BMP, TIFF); GIF holds at most 256 colours, so an upscaled face
+    would be dithered: it is written as PNG, and so is anything else; the note says so.
+    """
+    suffix = Path(src).suffix.lower()
+    if ext:
+        return "." + ext.lower().lstrip("."), None
+    if suffix in WRITABLE_SUFFIXES:
+        return suffix, None
+    if suffix == ".gif":
+        return ".png", "written as PNG (GIF holds only 256 colours)"
+    return ".png", f"written as PNG ({suffix or 'no suffix'} is not a format affectsr writes)"
 
 
 def _is_hidden(name: str) -> bool:

@@ -38,7 +38,7 @@ from .emotion import EmotionClassifier, load_emotion_classifier
 from .emotion.classifier import JUDGE_CLASSIFIER
 from .emotion.faces import classify_crops, fer_crop
 from .faces import crop_padded
-from .images import IMAGE_SUFFIXES, ImageReadError, LoadedImage, read_image, resize, save_image
+from .images import IMAGE_SUFFIXES, ImageReadError, LoadedImage, output_suffix, read_image, resize, save_image
 from .landmarks import FaceBox, LandmarkDetector
 from .models import PRESETS
 from .models.presets import default_model, weights_path
@@ -326,8 +326,13 @@ class ServeApp:
         if original is not None:
             columns["original"] = original
         faces = self._emotions(columns, boxes, s)
-        comparison = self._comparison(columns, boxes, s, sr_name, lw, lh)
-        sr_path = self._save(sr, sr_alpha, f"{Path(name).stem}_{sr_name}_x{s}.png")
+        # no face: the model column is the bicubic upscale, and is titled so
+        sr_title = f"{BICUBIC} (no face found)" if model is not None and not boxes else sr_name
+        comparison = self._comparison(columns, boxes, s, sr_name, lw, lh, sr_title)
+        suffix, fmt_note = output_suffix(name)  # the download follows `affectsr upscale`'s format rule
+        if fmt_note:
+            notes.append(f"the download is {fmt_note}")
+        sr_path = self._save(sr, sr_alpha, f"{Path(name).stem}_{sr_name}_x{s}{suffix}")
         took = time.perf_counter() - t0
         found = "one aligned face crop" if aligned else f"{len(boxes)} face(s) found"
         summary = f"**{sr_name}** x{s}: {lw}x{lh} → {lw * s}x{lh * s} px, {found}, {took:.1f} s"
@@ -350,14 +355,17 @@ class ServeApp:
         return [FaceProbabilities(None if b is None else (b.x0, b.y0, b.x1, b.y1), {c: probs[c][i] for c in columns})
                 for i, b in enumerate(boxes)]
 
-    def _comparison(self, columns: dict[str, np.ndarray], boxes: list, s: int, sr_name: str, lw: int, lh: int) -> Image.Image:
-        """Side-by-side panels of the whole image (aligned / no face) or of the largest face's square."""
+    def _comparison(self, columns: dict[str, np.ndarray], boxes: list, s: int, sr_name: str, lw: int, lh: int,
+                    sr_title: str | None = None) -> Image.Image:
+        """Side-by-side panels of the whole image (aligned / no face) or of the largest face's square.
+
+        ``sr_title``: the SR panel's title (default ``sr_name``; "bicubic (no face found)" when it is bicubic)."""
         big = [b for b in boxes if b is not None]
         box = None
         if big:
             x0, y0, x1, y1 = max(big, key=lambda b: b.width * b.height).square(FACE_MARGIN)
             box = (x0 * s, y0 * s, x1 * s, y1 * s)
-        titles = {"LR": f"LR {lw}x{lh}\n(nearest)", BICUBIC: f"bicubic x{s}", sr_name: f"{sr_name}\nx{s}",
+        titles = {"LR": f"LR {lw}x{lh}\n(nearest)", BICUBIC: f"bicubic x{s}", sr_name: f"{sr_title or sr_name}\nx{s}",
                   "original": f"original {lw * s}x{lh * s}"}
         panels = []
         for col, img in columns.items():
@@ -429,7 +437,8 @@ class ServeApp:
                     comparison = gr.Image(label="Side by side", show_label=False, type="pil", format="png",
                                           interactive=False, elem_id="comparison")
                     plot = gr.Plot(label="Emotion probabilities per face", show_label=False, elem_id="emotions")
-                    download = gr.File(label="Download the upscaled image (PNG)", elem_id="download")
+                    download = gr.File(label="Download the upscaled image (the upload's format; GIF as PNG)",
+                                       elem_id="download")
             run.click(self.run_ui, [upload, model, simulate, aligned], [status, comparison, plot, download],
                       api_name="upscale", concurrency_limit=1)
         demo.affectsr_app = self  # keeps the state alive as long as the Blocks

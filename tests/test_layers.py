@@ -15,7 +15,7 @@ PKG = Path(__file__).resolve().parents[1] / "affectsr"
 FLOORS: list[tuple[str, ...]] = [
     # 0, the ground floor: plain helpers every floor may use
     ("affectsr.atomic", "affectsr.images", "affectsr.faces", "affectsr.weights", "affectsr.runinfo", "affectsr.metrics",
-     "affectsr.types", "affectsr.overrides", "affectsr.warp", "affectsr.plots", "affectsr.assets"),
+     "affectsr.types", "affectsr.overrides", "affectsr.warp", "affectsr.plots", "affectsr.assets", "affectsr.progress"),
     ("affectsr.models",),  # 1: the networks (a leaf apart from the ground floor)
     ("affectsr.landmarks",),  # 2: MediaPipe detection and the learned LR predictor
     ("affectsr.emotion", "affectsr.identity"),  # 3: FER classifier, loss, metrics, face crops, the study; identity

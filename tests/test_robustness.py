@@ -302,3 +302,269 @@ def test_help_names_the_real_default_models(capsys):
         for s in (4, 8):
             assert f"{default_model(s)} at x{s}" in text, (command, text)
         assert "affectsr-x<scale>" not in text
+
+
+# --- video: signals, plain errors, the no-face note ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def face_clip(tmp_path_factory, _default_face_session) -> Path:
+    from affectsr.video.io import write_video
+
+    small = resize(_default_face_session, (48, 48))
+    frames = []
+    for i in range(6):
+        f = np.full((96, 128, 3), (90, 110, 140), np.uint8)
+        f[20:68, 30 + 3 * i:78 + 3 * i] = small
+        frames.append(f)
+    return write_video(tmp_path_factory.mktemp("clip") / "face.mp4", frames, rate=6)
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.rglob("*")) if folder.exists() else []
+
+
+@pytest.mark.parametrize("where", ["model loading", "first frame", "encoder flush"])
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_video_stops_on_a_signal_at_any_point_and_removes_its_files(where, sig, face_clip, tmp_path, capsys,
+                                                                   monkeypatch):
+    """The signal is sent to this process from inside the phase, so the test knows where it lands."""
+    import signal
+
+    from affectsr.video import io, upscale
+
+    signum = getattr(signal, sig)
+
+    def send():
+        os.kill(os.getpid(), signum)
+
+    if where == "model loading":
+        real = upscale.Upscaler
+
+        def loading(*a, **k):
+            send()
+            return real(*a, **k)
+
+        monkeypatch.setattr(upscale, "Upscaler", loading)
+    elif where == "first frame":
+        real_frame = upscale.upscale_frame
+
+        def frame(*a, **k):
+            send()
+            return real_frame(*a, **k)
+
+        monkeypatch.setattr(upscale, "upscale_frame", frame)
+    else:
+        real_finish = io.VideoWriter.finish
+
+        def finish(self):
+            send()
+            return real_finish(self)
+
+        monkeypatch.setattr(io.VideoWriter, "finish", finish)
+    out = tmp_path / "new" / "out.mp4"
+    before = signal.getsignal(signum)
+    code, _, err = _cli(capsys, "video", str(face_clip), "-o", str(out), "--model", "affectsr-x4-lite", "-q")
+    assert code == 128 + signum, err
+    assert "interrupted" in err and "Traceback" not in err
+    assert not (tmp_path / "new").exists(), _leftovers(tmp_path)  # no hidden .mp4, no folder
+    assert signal.getsignal(signum) is before  # the handlers are put back
+
+
+def test_video_in_a_real_process_stops_within_2_s_of_sigterm(face_clip, tmp_path):
+    """Sent once the hidden output exists (frames are being encoded); 2 s, stretched by the machine's load."""
+    import signal
+    import time
+
+    out = tmp_path / "o" / "out.mp4"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    p = subprocess.Popen([sys.executable, "-m", "affectsr", "video", str(face_clip), "-o", str(out), "--model",
+                          "affectsr-x4-lite", "--no-smooth"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    deadline = time.monotonic() + 600
+    while not list((tmp_path / "o").glob(".out.*")) and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if p.poll() is not None:
+        pytest.skip("the run finished before the signal could be sent (a fast machine)")
+    sent = time.monotonic()
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    took = time.monotonic() - sent
+    allowed = 2.0 * max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1))  # a shared CPU delays any process
+    assert p.returncode == 143, err
+    assert took < allowed, f"{took:.2f} s (allowed {allowed:.1f} s at load {os.getloadavg()[0]:.1f})"
+    assert "Traceback" not in err.decode()
+    assert not (tmp_path / "o").exists(), _leftovers(tmp_path)
+
+
+def test_a_command_that_swallows_the_interrupt_is_still_ended_by_the_watcher(tmp_path):
+    """Native code (or code catching KeyboardInterrupt) that does not return: the grace period ends the process."""
+    import signal
+    import time
+
+    script = (
+        "import os, sys, time, signal\n"
+        "from pathlib import Path\n"
+        "from affectsr.commands.common import prompt_signals\n"
+        f"marker = Path({str(tmp_path / 'cleaned')!r})\n"
+        "with prompt_signals(lambda: marker.write_text('x'), grace=0.5):\n"
+        "    print('ready', flush=True)\n"
+        "    while True:\n"
+        "        try:\n"
+        "            time.sleep(10)\n"
+        "        except KeyboardInterrupt:\n"
+        "            pass\n"
+    )
+    p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert p.stdout.readline().strip() == b"ready"
+    sent = time.monotonic()
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130 and (tmp_path / "cleaned").exists(), err
+    assert time.monotonic() - sent < 0.5 + 2.0 * max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1))
+
+
+def test_video_errors_are_plain_words(tmp_path, capsys):
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 4)
+    code, _, err = _cli(capsys, "video", str(bad), "-o", str(tmp_path / "o.mp4"))
+    assert code == 2 and err.startswith(f"error: {bad}: not a readable video (")
+    assert "Errno" not in err and "1094995529" not in err and "Traceback" not in err
+    assert "damaged or not a video" in err
+
+
+def test_a_video_with_no_face_gets_a_note(tmp_path, capsys):
+    from affectsr.video.io import write_video
+
+    ys, xs = np.mgrid[0:48, 0:64]
+    clip = write_video(tmp_path / "plain.mp4", [np.dstack([xs * 4, ys * 5, np.full_like(xs, 128)]).astype(np.uint8)] * 3,
+                       rate=5)
+    code, out, err = _cli(capsys, "video", str(clip), "-o", str(tmp_path / "out.mp4"), "--model", "affectsr-x4-lite",
+                          "-q")
+    assert code == 0, err
+    assert "note: no face found in any frame: the whole video was upscaled bicubically" in err
+    assert "0 face track(s)" in out
+
+
+# --- GIFs: one output rule ---------------------------------------------------------------------------------------
+
+
+def test_gif_rule_folders_include_gifs_written_as_png_with_a_note(tmp_path, capsys, _default_face_session):
+    from affectsr.images import IMAGE_SUFFIXES, WRITABLE_SUFFIXES, iter_image_files, output_suffix
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    face = Image.fromarray(resize(_default_face_session, (32, 32)))
+    face.save(folder / "still.gif")
+    face.save(folder / "photo.jpg")
+    frames = [face, face.transpose(Image.Transpose.FLIP_LEFT_RIGHT)]
+    frames[0].save(folder / "anim.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    assert ".gif" in IMAGE_SUFFIXES and ".gif" not in WRITABLE_SUFFIXES
+    assert [p.name for p in iter_image_files(folder)] == ["anim.gif", "photo.jpg", "still.gif"]
+    assert output_suffix("a.GIF") == (".png", "written as PNG (GIF holds only 256 colours)")
+    assert output_suffix("a.jpg") == (".jpg", None) and output_suffix("a.gif", "webp") == (".webp", None)
+    assert output_suffix("a.heic")[0] == ".png" and "heic" in output_suffix("a.heic")[1]
+
+    out = tmp_path / "out"
+    code, _, err = _cli(capsys, "upscale", str(folder), "-o", str(out), "--model", "affectsr-x4-lite", "-q")
+    assert code == 1, err  # the animated GIF is refused, the other two are written
+    assert sorted(p.name for p in out.iterdir()) == ["photo.jpg", "still.png"]
+    assert f"note: {folder / 'still.gif'}: written as PNG (GIF holds only 256 colours): {out / 'still.png'}" in err
+    assert f"error: {folder / 'anim.gif'}: an animated image (2 frames); still images only" in err
+    assert "affectsr video anim.gif -o OUT.mp4" in err
+    assert Image.open(out / "still.png").size == (128, 128)
+
+
+def test_serve_download_follows_the_same_rule(tmp_path, _default_face_session):
+    from affectsr import serve
+
+    path = tmp_path / "face.gif"
+    Image.fromarray(_default_face_session).save(path)
+    jpg = tmp_path / "face.jpg"
+    Image.fromarray(_default_face_session).save(jpg)
+    app = serve.ServeApp()
+    try:
+        bicubic = serve.model_choices()[-2][1]
+        res = app.process(str(path), bicubic, simulate_lr=True)
+        assert res.ok and res.sr_path.suffix == ".png"
+        assert any("the download is written as PNG (GIF holds only 256 colours)" in n for n in res.notes)
+        res = app.process(str(jpg), bicubic, simulate_lr=True)
+        assert res.ok and res.sr_path.suffix == ".jpg" and not any("written as" in n for n in res.notes)
+    finally:
+        app.close()
+
+
+# --- the web demo's no-face panel ----------------------------------------------------------------------------
+
+
+def test_web_demo_titles_the_sr_panel_bicubic_when_no_face_is_found(no_face_image, tmp_path, monkeypatch):
+    from affectsr import serve
+
+    titles = []
+    real = serve.side_by_side
+    monkeypatch.setattr(serve, "side_by_side", lambda panels, *a, **k: titles.append([t for t, _ in panels])
+                        or real(panels, *a, **k))
+    path = save_image(tmp_path / "plain.png", no_face_image)
+    app = serve.ServeApp()
+    try:
+        model = next(v for _, v in serve.model_choices() if not v.startswith("bicubic"))
+        res = app.process(str(path), model)
+        assert res.ok
+        assert titles[-1][2] == "bicubic (no face found)\nx4", titles
+        res = app.process(str(save_image(tmp_path / "face.png", resize(_face_scene(), (160, 120)))), model)
+        assert res.ok and titles[-1][2] == f"{model}\nx4", (titles, res.message)
+    finally:
+        app.close()
+
+
+def _face_scene() -> np.ndarray:
+    from affectsr.assets import default_scene
+
+    return default_scene()
+
+
+# --- progress in logs ---------------------------------------------------------------------------------------------
+
+
+def test_progress_in_a_log_is_one_line_every_interval_with_rate_and_eta():
+    import io
+    import time
+
+    from affectsr.progress import LogProgress, progress
+
+    log = io.StringIO()
+    bar = progress(range(4), desc="upscale x4", unit="img", file=log, every=0.0)
+    assert isinstance(bar, LogProgress)
+    with bar:
+        for _ in bar:
+            time.sleep(0.01)
+            bar.set_postfix(faces=2, failed=0)
+    lines = log.getvalue().splitlines()
+    assert len(lines) == 5  # one per item (every=0) and the totals
+    assert lines[1].startswith("upscale x4: 2/4 img (50%), ") and " img/s, " in lines[1] and ", ETA 0:0" in lines[1]
+    assert lines[1].endswith("[faces=2, failed=0]") and "ETA" not in lines[-1]
+    quiet = io.StringIO()
+    with progress(range(3), desc="x", file=quiet, enabled=False) as bar:
+        for _ in bar:
+            pass
+    assert quiet.getvalue() == ""
+    slow = io.StringIO()
+    with progress(range(3), desc="x", file=slow, every=3600) as bar:
+        list(bar)
+    assert slow.getvalue() == ""  # short runs print nothing extra
+
+
+def test_upscale_prints_progress_lines_into_a_log_and_q_silences_them(tmp_path, capsys, monkeypatch,
+                                                                      _default_face_session):
+    from affectsr import progress
+
+    monkeypatch.setattr(progress, "LOG_EVERY_S", 0.0)
+    folder = tmp_path / "in"
+    for i in range(3):
+        save_image(folder / f"{i}.png", resize(_default_face_session, (24, 24)))
+    code, _, err = _cli(capsys, "upscale", str(folder), "-o", str(tmp_path / "a"), "--model", "affectsr-x4-lite",
+                        "--aligned")
+    assert code == 0, err
+    assert "upscale x4: 1/3 img (33%)" in err and "upscale x4: 3/3 img (100%)" in err
+    code, _, err = _cli(capsys, "upscale", str(folder), "-o", str(tmp_path / "b"), "--model", "affectsr-x4-lite",
+                        "--aligned", "-q")
+    assert code == 0 and "img/s" not in err

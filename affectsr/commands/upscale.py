@@ -6,17 +6,14 @@ import sys
 import warnings
 from pathlib import Path
 
-from tqdm import tqdm
-
 from ..atomic import write_error
 from ..export import ExportError, load_onnx_model
-from ..images import ImageReadError, iter_image_files
+from ..images import WRITABLE_SUFFIXES, ImageReadError, iter_image_files, output_suffix
 from ..landmarks.detector import DEFAULT_MIN_FACE
 from ..pipeline import UntrainedModelWarning, Upscaler
+from ..progress import progress
 from ..types import LANDMARK_MODES, SCALES
 from .common import default_models, device_error
-
-WRITABLE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 
 
 def add_parser(subparsers) -> None:
@@ -27,7 +24,8 @@ def add_parser(subparsers) -> None:
     u.add_argument("--model", default=None, help=f"preset name or .safetensors path (default: {default_models()})")
     u.add_argument("--aligned", action="store_true", help="inputs are face crops: no detection, no paste-back")
     u.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    u.add_argument("--ext", default=None, help="output format, e.g. png (default: keep the input's)")
+    u.add_argument("--ext", default=None, help="output format, e.g. png (default: keep the input's; GIF and "
+                                                "unknown formats are written as PNG, with a note)")
     u.add_argument("--margin", type=float, default=0.6, help="face crop margin around the detected box (default 0.6)")
     u.add_argument("--min-face", type=float, default=DEFAULT_MIN_FACE, metavar="PX",
                    help=f"smallest face looked for, in input pixels (default {DEFAULT_MIN_FACE}; larger is faster)")
@@ -37,14 +35,13 @@ def add_parser(subparsers) -> None:
     u.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     u.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",
                    help="run the network with PyTorch (default) or ONNX Runtime (exported and cached on first use)")
-    u.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    u.add_argument("-q", "--quiet", action="store_true", help="no progress (a bar on a terminal, a line every 15 s in a log)")
     u.set_defaults(func=run)
 
 
 def _output_path(src: Path, root: Path | None, out_dir: Path, ext: str | None) -> Path:
     rel = src.relative_to(root) if root is not None else Path(src.name)
-    suffix = ext or (src.suffix.lower() if src.suffix.lower() in WRITABLE_SUFFIXES else ".png")
-    return (out_dir / rel).with_suffix(suffix)
+    return (out_dir / rel).with_suffix(output_suffix(src, ext)[0])
 
 
 def plan_outputs(inputs: list[str], out_dir: Path, ext: str | None) -> tuple[list[tuple[Path, Path]], list[str]]:
@@ -125,21 +122,22 @@ def run(args: argparse.Namespace) -> int:
         print(f"warning: {w.message}", file=sys.stderr)
     failed = len(errors)
     n_faces = 0
-    with up, tqdm(todo, desc=f"upscale x{up.scale}", unit="img", disable=args.quiet or None, file=sys.stderr) as bar:
+    with up, progress(todo, desc=f"upscale x{up.scale}", unit="img", enabled=not args.quiet) as bar:
         for src, dst in bar:
             try:
                 result = up(src, aligned=args.aligned)
                 result.save(dst, overwrite=args.overwrite)
                 n_faces += len(result.faces)
-                for note in result.notes:
-                    tqdm.write(f"note: {src}: {note}", file=sys.stderr)
+                fmt_note = output_suffix(src, ext)[1]
+                for note in result.notes + ([f"{fmt_note}: {dst}"] if fmt_note else []):
+                    bar.write(f"note: {src}: {note}", file=sys.stderr)
             except (ImageReadError, ValueError, OSError) as e:
                 failed += 1
                 msg = str(e) if isinstance(e, ImageReadError) and str(e).startswith(str(src)) else f"{src}: {e}"
-                tqdm.write(f"error: {msg}", file=sys.stderr)
+                bar.write(f"error: {msg}", file=sys.stderr)
             except Exception as e:  # noqa: BLE001 - one broken input must not stop a folder run
                 failed += 1
-                tqdm.write(f"error: {src}: unexpected {type(e).__name__}: {e}", file=sys.stderr)
+                bar.write(f"error: {src}: unexpected {type(e).__name__}: {e}", file=sys.stderr)
             bar.set_postfix(faces=n_faces, failed=failed)
     done = len(todo) - (failed - len(errors))
     print(f"{done} image(s) written to {out_dir} ({n_faces} face(s)), {failed} failed", file=sys.stderr)

@@ -6,12 +6,13 @@ import sys
 import warnings
 from pathlib import Path
 
+from ..atomic import missing_folders, remove_folders
 from ..landmarks.detector import DEFAULT_MIN_FACE, check_min_face
 from ..pipeline import UntrainedModelWarning
 from ..types import SCALES
 from ..video.io import VIDEO_FORMATS, VideoError, check_paths, open_input
-from ..video.upscale import upscale_video
-from .common import default_models, device_error
+from ..video.upscale import remove_temp_files, upscale_video
+from .common import default_models, device_error, prompt_signals
 
 __all__ = ["add_parser", "run"]
 
@@ -40,6 +41,19 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """The run under :func:`prompt_signals`: Ctrl-C and SIGTERM stop it within 2 s, temporary files removed."""
+    dst = Path(args.output)
+    made = missing_folders(dst.parent)  # what the run will create: removed again if it is stopped
+
+    def cleanup() -> None:  # a forced stop: the run's own ``finally`` did not get to run
+        remove_temp_files(dst)
+        remove_folders(made)
+
+    with prompt_signals(cleanup):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     if (err := device_error(args.device)) is not None:
         print(err, file=sys.stderr)
         return 2

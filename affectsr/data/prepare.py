@@ -37,13 +37,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from affectsr.atomic import atomic_write
 from affectsr.emotion import load_emotion_classifier
 from affectsr.faces import crop_padded
 from affectsr.images import ImageReadError, bicubic_down, iter_image_files, read_image, resize
 from affectsr.landmarks import FaceBox, shared_detector
+from affectsr.progress import progress as progress_bar
 
 __all__ = ["EMOTION_LABELS", "Record", "PrepareConfig", "discover", "hash_split", "process_image", "prepare",
            "load_index"]
@@ -299,7 +299,7 @@ def prepare(src: str | Path, out: str | Path, cfg: PrepareConfig = PrepareConfig
     pool = None
     if cfg.workers > 1 and todo:
         pool = mp.get_context("spawn").Pool(cfg.workers)
-    bar = tqdm(total=sum(len(chunks[i]) for i in todo), unit="img", disable=not progress, desc="prepare")
+    bar = progress_bar(total=sum(len(chunks[i]) for i in todo), unit="img", enabled=progress, desc="prepare")
     try:
         for i in todo:
             chunk = chunks[i]

@@ -14,10 +14,10 @@ import os
 from dataclasses import dataclass, field
 
 import numpy as np
-from tqdm import tqdm
 
 from affectsr.images import read_image, resize
 from affectsr.landmarks import LandmarkDetector
+from affectsr.progress import progress as progress_bar
 
 from .classifier import EMOTIONS, EmotionClassifier
 from .data import LabelledFace, load_aligned, read_labels
@@ -63,7 +63,7 @@ def load_face_set(dataset: str, split: str = "test", root: str | os.PathLike[str
     det = detector or LandmarkDetector()
     crops, keep, skipped = [], [], []
     try:
-        for i, f in enumerate(tqdm(faces, desc=f"faces {dataset}/{split}", disable=not progress, leave=False)):
+        for i, f in enumerate(progress_bar(faces, desc=f"faces {dataset}/{split}", unit="face", enabled=progress)):
             rgb = read_image(f.path).rgb
             face = largest_face(det.detect_faces(rgb))
             if face is None:

@@ -20,7 +20,6 @@ date, data, skipped models), ``summary.md``, ``grid.png`` and ``psnr_vs_ecm.png`
 from __future__ import annotations
 
 import json
-import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from ..data.dataset import FaceCache
 from ..data.prepare import PrepareConfig, discover, process_image
@@ -44,6 +42,7 @@ from ..metrics import psnr_y, ssim_y, to_tensor
 from ..models import PRESETS, WeightsNotFoundError, load_model
 from ..models.presets import weights_path
 from ..pipeline import Upscaler
+from ..progress import progress as progress_bar
 from ..types import LANDMARK_MODES, check_landmark_mode
 from ..weights import WeightsError, read_metadata
 
@@ -98,7 +97,7 @@ def load_faces(data: str | Path, scale: int, split: str = "auto", limit: int | N
         raise ValueError(f"--data {data}: no images{'' if sp == 'all' else f' in split {sp!r}'}")
     cfg = PrepareConfig(size=HR_SIZE, margin=0.6, lr_scales=(scale,))
     faces, skipped = [], []
-    for r in tqdm(recs, desc="crop faces", unit="img", disable=not progress or None, file=sys.stderr):
+    for r in progress_bar(recs, desc="crop faces", unit="img", enabled=progress):
         res = process_image(r, cfg)
         if "skip" in res:
             skipped.append([r.rel, res["skip"]])
@@ -288,7 +287,7 @@ def run_evaluation(faces: list[Face], models: dict, scale: int, landmarks: str =
     probs = {"hr": p_hr}  # the judge's FER distributions per face, for callers that break the metrics down (fairness)
     teacher_probs = {"hr": t_hr} if t_hr is not None else {}
     total = len(faces) * len(models)
-    bar = tqdm(total=total, desc=f"evaluate x{scale}", unit="face", disable=not progress or None, file=sys.stderr)
+    bar = progress_bar(total=total, desc=f"evaluate x{scale}", unit="face", enabled=progress)
     try:
         for name, net in models.items():
             srs = []

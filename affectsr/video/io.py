@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -28,7 +29,15 @@ class VideoError(ValueError):
 
 
 def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
+    """An exception in plain words: FFmpeg's errno number and the repeated file name left out."""
+    import av  # lazy (module docstring)
+
+    if isinstance(e, av.InvalidDataError):
+        return "invalid data: the file is damaged or not a video"
+    text = getattr(e, "strerror", None) if isinstance(e, av.FFmpegError) else None
+    text = " ".join(str(text or e).split())
+    text = re.sub(r"^\[Errno -?\d+\]\s*", "", text)
+    return (text[:1].lower() + text[1:]) if text else type(e).__name__
 
 
 def open_input(src: Path):

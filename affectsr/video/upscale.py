@@ -25,9 +25,9 @@ and the frame-to-frame change of the FER distribution. See docs/VIDEO.md for num
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -35,19 +35,19 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from ..atomic import atomic_write, make_folder, publish_new, remove_folders
 from ..faces import crop_padded
 from ..images import resize
 from ..landmarks.predictor import get_landmarks
 from ..pipeline import MAX_OUTPUT_PIXELS, Upscaler
+from ..progress import progress as progress_bar
 from ..types import SRModel
 from .io import VideoError, VideoWriter, check_paths, open_input, read_events, upright
 from .stability import FaceRecord, Motion, StabilityMeter
 from .tracking import FaceTracker, KeyframeDetector, TrackerConfig
 
-__all__ = ["VideoReport", "upscale_frame", "upscale_video"]
+__all__ = ["VideoReport", "remove_temp_files", "temp_prefix", "upscale_frame", "upscale_video"]
 
 
 @dataclass
@@ -91,6 +91,18 @@ class VideoReport:
                 f"{self.tracks} face track(s), {self.mean_faces:.2f} faces/frame, audio {self.audio}, "
                 f"{self.seconds:.1f} s ({self.frames_per_second:.2f} frames/s; {self.cpu_seconds:.1f} CPU s; "
                 f"face detection {1000 * self.detect_seconds_per_frame:.0f} ms/frame, {self.keyframes} keyframes)")
+
+
+def temp_prefix(dst: Path) -> str:
+    """Name prefix of the hidden temporary file a run writes beside ``dst`` (this process's own: the pid is in it)."""
+    return f".{dst.stem}.{os.getpid()}."
+
+
+def remove_temp_files(dst: str | Path) -> None:
+    """Remove this process's temporary files for ``dst`` (a run stopped by force, before its ``finally``)."""
+    dst = Path(dst)
+    for f in dst.parent.glob(f"{glob.escape(temp_prefix(dst))}*{glob.escape(dst.suffix)}"):
+        f.unlink(missing_ok=True)
 
 
 # --- one frame ---------------------------------------------------------------------------------------
@@ -182,7 +194,7 @@ def upscale_video(src: str | Path, dst: str | Path, scale: int | None = None,
         detect = KeyframeDetector(up.detector, keyframe_interval, up.min_face if min_face is None else min_face)
         tb = Fraction(v.time_base) if v.time_base else 1 / rate
         made = make_folder(dst.parent)
-        fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.stem}.", suffix=dst.suffix)
+        fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=temp_prefix(dst), suffix=dst.suffix)
         os.close(fd)
         total = v.frames or None
         if max_frames is not None:
@@ -192,7 +204,7 @@ def upscale_video(src: str | Path, dst: str | Path, scale: int | None = None,
         pending_audio: list = []  # audio packets that arrive before the first frame opens the output
         last_pts, size_in, size_out, n_tracks = None, None, None, 0
         start, cpu_start = time.perf_counter(), time.process_time()
-        bar = tqdm(total=total, desc=f"video x{s}", unit="frame", disable=not progress or None, file=sys.stderr)
+        bar = progress_bar(total=total, desc=f"video x{s}", unit="frame", enabled=progress)
         with bar:
             for kind, item in read_events(inp, v, a, src):
                 if kind == "audio":
@@ -249,6 +261,8 @@ def upscale_video(src: str | Path, dst: str | Path, scale: int | None = None,
         if copied is False:
             notes.append(f"audio {audio}")
         frames = len(faces_per_frame)
+        if not any(faces_per_frame):
+            notes.append("no face found in any frame: the whole video was upscaled bicubically")
         report = VideoReport(str(src), str(dst), frames, float(rate), str(rate), size_in, size_out, audio, copied,
                              faces_per_frame, n_tracks, round(seconds, 3), round(frames / max(seconds, 1e-9), 3),
                              round(cpu, 3), up.model_name, s, smooth, meter.summary() if meter is not None else None, notes,
