@@ -568,3 +568,19 @@ def test_upscale_prints_progress_lines_into_a_log_and_q_silences_them(tmp_path, 
     code, _, err = _cli(capsys, "upscale", str(folder), "-o", str(tmp_path / "b"), "--model", "affectsr-x4-lite",
                         "--aligned", "-q")
     assert code == 0 and "img/s" not in err
+
+
+def test_serve_turns_a_weights_error_into_a_message(default_face, tmp_path, monkeypatch):
+    from affectsr import serve
+
+    app = serve.ServeApp()
+    try:
+        def broken(model, s):
+            raise WeightsError("/x/affectsr-x4-lite.safetensors", "not a readable safetensors file (header too large)")
+
+        monkeypatch.setattr(app, "upscaler", broken)
+        res = app.process(str(save_image(tmp_path / "f.png", default_face)), "affectsr-x4-lite")
+        assert not res.ok and res.message == ("/x/affectsr-x4-lite.safetensors: not a readable safetensors file "
+                                              "(header too large)")
+    finally:
+        app.close()
