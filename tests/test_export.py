@@ -166,7 +166,7 @@ def test_cli_export_and_its_errors(tmp_path, capsys):
     bad = {
         "neither a preset": ["--model", "no-such-model", "-o", str(tmp_path / "a.onnx")],
         "no trained weights": ["--model", "affectsr-x4", "-o", str(tmp_path / "a.onnx")],
-        "cannot load these weights": ["--model", str(junk), "-o", str(tmp_path / "a.onnx")],
+        f"{junk}: not a readable safetensors file": ["--model", str(junk), "-o", str(tmp_path / "a.onnx")],
         "exists (use --overwrite": ["--model", "affectsr-x8-lite", "-o", str(out)],
         "cannot write there": ["--model", "affectsr-x8-lite", "-o", str(blocker / "a.onnx")],
         "ending in .onnx": ["--model", "affectsr-x8-lite", "-o", str(tmp_path / "a.png")],
