@@ -81,9 +81,14 @@ PRESETS.update(_realesrgan.PRESETS)
 
 
 def default_model(scale: int) -> str | None:
-    """The preset `upscale` and `demo` use for ``scale``: the full preset once its weights ship,
-    else the trained -lite one, else the (untrained) full preset."""
-    for name in (f"affectsr-x{scale}", f"affectsr-x{scale}-lite"):
+    """The preset `upscale` and `demo` use for ``scale``: the trained -lite one, else the full preset
+    with weights, else the (untrained) full preset.
+
+    The -lite presets stay the default while the full ones are only briefly trained: the full
+    presets have 28x the parameters (16.8 M vs 0.6 M), so they are far slower on a CPU, and at x8
+    they are not better on expression (docs/RESULTS.md); ``--model affectsr-x4`` picks the full one.
+    """
+    for name in (f"affectsr-x{scale}-lite", f"affectsr-x{scale}"):
         if name in PRESETS and weights_path(name) is not None:
             return name
     return DEFAULT_MODEL.get(scale)
