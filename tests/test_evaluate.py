@@ -63,7 +63,7 @@ def face_folder(tmp_path_factory):
 @pytest.fixture(scope="module")
 def eval_run(face_folder, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval") / "out"
-    argv = ["evaluate", "--model", "bicubic,affectsr-x4-lite,affectsr-x4,missing.safetensors", "--data",
+    argv = ["evaluate", "--model", "bicubic,affectsr-x4-lite,rrdb-x4,missing.safetensors", "--data",
             str(face_folder), "--scale", "4", "--out", str(out), "-q"]
     return main(argv), out, argv
 
@@ -97,9 +97,9 @@ def test_end_to_end_files_and_keys(eval_run):
         assert run[k]
     assert run["command"] == shlex.join(["affectsr", *argv])  # as typed
     # untrained preset and missing file: reported, not crashed
-    assert "affectsr-x4" in run["skipped_models"] and "missing.safetensors" in run["skipped_models"]
+    assert "rrdb-x4" in run["skipped_models"] and "missing.safetensors" in run["skipped_models"]
     md = (out / "summary.md").read_text()
-    assert "LPIPS: n/a (no offline weights)" in md and "skipped `affectsr-x4`" in md
+    assert "LPIPS: n/a (no offline weights)" in md and "skipped `rrdb-x4`" in md
     with open(out / "per_image.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 6 and {r["model"] for r in rows} == {"bicubic", "affectsr-x4-lite"}
@@ -135,7 +135,7 @@ def test_refuses_non_empty_out(eval_run, face_folder, capsys):
 
 
 def test_only_untrained_models_is_an_error_not_a_crash(face_folder, tmp_path, capsys):
-    rc = main(["evaluate", "--model", "affectsr-x4", "--data", str(face_folder), "--scale", "4", "--out",
+    rc = main(["evaluate", "--model", "rrdb-x4", "--data", str(face_folder), "--scale", "4", "--out",
                str(tmp_path / "o"), "-q"])
     assert rc == 2
     err = capsys.readouterr().err

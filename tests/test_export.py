@@ -165,7 +165,7 @@ def test_cli_export_and_its_errors(tmp_path, capsys):
     junk.write_bytes(b"not safetensors")
     bad = {
         "neither a preset": ["--model", "no-such-model", "-o", str(tmp_path / "a.onnx")],
-        "no trained weights": ["--model", "affectsr-x4", "-o", str(tmp_path / "a.onnx")],
+        "no trained weights": ["--model", "rrdb-x4", "-o", str(tmp_path / "a.onnx")],
         f"{junk}: not a readable safetensors file": ["--model", str(junk), "-o", str(tmp_path / "a.onnx")],
         "exists (use --overwrite": ["--model", "affectsr-x8-lite", "-o", str(out)],
         "cannot write there": ["--model", "affectsr-x8-lite", "-o", str(blocker / "a.onnx")],
@@ -196,7 +196,7 @@ def test_onnx_for_caches_by_weights_hash(tmp_path, landmark_detector):
     with pytest.raises(FileNotFoundError, match="no such ONNX file"):
         onnx_for(tmp_path / "missing.onnx")
     with pytest.raises(WeightsNotFoundError):
-        onnx_for("affectsr-x4", tmp_path)  # no trained weights ship for the full preset
+        onnx_for("rrdb-x4", tmp_path)  # no trained weights ship for the full-size RRDB
 
 
 def test_unreadable_or_foreign_onnx_files(tmp_path):

@@ -70,7 +70,7 @@ def test_study_command_on_real_faces(data_root, tmp_path, capsys):
     parser = argparse.ArgumentParser(prog="affectsr")
     add_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["study-resolution", "--data", str(data_root), "--out", str(tmp_path), "--limit", "16",
-                              "--sizes", "32,16", "--models", "affectsr-x8", "-q"])
+                              "--sizes", "32,16", "--models", "rrdb-x8", "-q"])
     assert args.func(args) == 0
     out = capsys.readouterr().out
     assert "| taiwanese_expr | original | 128 |" in out and "| fer2013 | bicubic | 16 |" in out
