@@ -241,5 +241,6 @@ def test_fuzzed_weights_through_upscale_model(tmp_path, capsys, _default_face_se
             read_image(out / "face.png")
             (out / "face.png").unlink()
             out.rmdir()
-    assert len(cases) >= 150 and refused >= len(cases) - 3
+    # every must-fail kind was checked case by case above; a flip may leave a valid file (any number of them)
+    assert len(cases) >= 150 and refused >= sum(kind in MUST_FAIL for _, kind, _ in cases)
     print(f"{len(cases)} weights files, {refused} refused, in {time.perf_counter() - t:.1f} s")
