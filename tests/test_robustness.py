@@ -407,9 +407,9 @@ def test_a_command_that_swallows_the_interrupt_is_still_ended_by_the_watcher(tmp
         "from affectsr.commands.common import prompt_signals\n"
         f"marker = Path({str(tmp_path / 'cleaned')!r})\n"
         "with prompt_signals(lambda: marker.write_text('x'), grace=0.5):\n"
-        "    print('ready', flush=True)\n"
         "    while True:\n"
-        "        try:\n"
+        "        try:\n"  # 'ready' from inside the try: a signal right after it is swallowed too (no race)
+        "            print('ready', flush=True)\n"
         "            time.sleep(10)\n"
         "        except KeyboardInterrupt:\n"
         "            pass\n"
