@@ -40,7 +40,7 @@ from PIL import Image
 
 from affectsr.images import ImageReadError, resize, to_rgb_uint8
 
-__all__ = ["DEFAULT_MIN_FACE", "NUM_LANDMARKS", "FaceBox", "LandmarkDetector", "TILE", "is_greyscale", "pyramid_sizes",
+__all__ = ["DEFAULT_MIN_FACE", "NUM_LANDMARKS", "FaceBox", "LandmarkDetector", "TILE", "box_iou", "is_greyscale", "pyramid_sizes",
            "shared_detector", "skin_tint", "tile_count"]
 
 NUM_LANDMARKS = 478  # MediaPipe face mesh with refined iris points
@@ -173,7 +173,8 @@ def check_min_face(min_face: float) -> float:
     return float(min_face)
 
 
-def _iou(a: FaceBox, b: FaceBox) -> float:
+def box_iou(a: FaceBox, b: FaceBox) -> float:
+    """Intersection over union of two boxes (0 when they do not touch); video tracking matches with it too."""
     iw = min(a.x1, b.x1) - max(a.x0, b.x0)
     ih = min(a.y1, b.y1) - max(a.y0, b.y0)
     if iw <= 0 or ih <= 0:
@@ -561,7 +562,7 @@ class LandmarkDetector:
         for b in _boxes_from(self._process(graph, window), window.shape[1], window.shape[0]):
             corners = (x0 + b.x0 / scale, y0 + b.y0 / scale, x0 + b.x1 / scale, y0 + b.y1 / scale)
             b = FaceBox(*(_to_full_range(*corners) if graph != "detection" else corners), b.score)
-            if _iou(b, box) > _VERIFY_IOU and (best is None or b.score > best.score):
+            if box_iou(b, box) > _VERIFY_IOU and (best is None or b.score > best.score):
                 best = b
         return best
 

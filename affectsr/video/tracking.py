@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..landmarks import FaceBox, LandmarkDetector
+from ..landmarks.detector import box_iou
 
 __all__ = ["FaceTrack", "FaceTracker", "KeyframeDetector", "LandmarkSmoother", "OneEuroConfig", "OneEuroFilter", "TrackerConfig", "box_iou"]
 
@@ -136,16 +137,6 @@ class LandmarkSmoother:
 
 
 # --- tracking ----------------------------------------------------------------------------------------
-
-
-def box_iou(a: FaceBox, b: FaceBox) -> float:
-    """Intersection over union of two boxes (0 when they do not touch)."""
-    iw = min(a.x1, b.x1) - max(a.x0, b.x0)
-    ih = min(a.y1, b.y1) - max(a.y0, b.y0)
-    if iw <= 0 or ih <= 0:
-        return 0.0
-    inter = iw * ih
-    return inter / (a.width * a.height + b.width * b.height - inter)
 
 
 @dataclass(frozen=True)
