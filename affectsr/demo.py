@@ -1,7 +1,8 @@
 """The no-argument demo: a bundled public-domain face, downscaled, then upscaled back.
 
-Writes one side-by-side PNG: LR (shown with nearest-neighbour) | bicubic | the landmarks the
-prior sees | affectsr | original.
+Writes one PNG of two rows, the face in colour and a greyscale copy of it, each side by side: LR
+(shown with nearest-neighbour) | bicubic | the landmarks the prior sees | affectsr | original. The grey
+row shows that a grey face stays grey (the pipeline's rule, :func:`affectsr.pipeline.grey_out`).
 """
 from __future__ import annotations
 
@@ -46,37 +47,53 @@ def draw_landmarks(rgb: np.ndarray, landmarks: np.ndarray | None, scale: float) 
     return np.asarray(img)
 
 
+def grey_copy(rgb: np.ndarray) -> np.ndarray:
+    """``rgb`` as a greyscale photo (PIL's 'L' luma), kept H x W x 3."""
+    return np.repeat(np.asarray(Image.fromarray(rgb).convert("L"))[..., None], 3, axis=2)
+
+
+def colour_tint(rgb: np.ndarray) -> float:
+    """Mean |R - G| + |B - G| in levels: 0 for a grey image (issue 12's bar for a grey face at x8: <= 2)."""
+    c = rgb.astype(np.float64)
+    return float(np.mean(np.abs(c[..., 0] - c[..., 1]) + np.abs(c[..., 2] - c[..., 1])))
+
+
 def run_demo(out_dir: str | Path = "affectsr-demo", scale: int | None = None, model: str | None = None,
              size: int = 128, device: str | None = None, overwrite: bool = False) -> tuple[Path, dict]:
-    """Make the demo picture ``out_dir/demo_x<scale>.png``; returns its path and a small report (model, trained, PSNRs).
+    """Make the demo picture ``out_dir/demo_x<scale>.png``; returns its path and a small report (model, trained,
+    PSNRs, the grey row's colour tint).
 
     ``scale=None``: the model's scale, or 4 when no model is named. An existing picture is replaced
     only with ``overwrite`` (FileExistsError otherwise, before any upscaling), as ``upscale`` does.
     """
-    hr = default_face(size)
     out = Path(out_dir)
+    rows, report = [], {}
     with Upscaler(scale, model, device) as up:
         scale = up.scale
         path = out / f"demo_x{scale}.png"
         if path.exists() and not overwrite:
             raise FileExistsError(f"{path} exists (use --overwrite to replace it)")
-        lr = resize(hr, (size // scale, size // scale))
-        result = up(lr, aligned=True)
-    bicubic = resize(lr, (size, size))
-    label = result.model_name + ("" if result.trained else "\n(untrained: random weights)")
-    panels = [
-        (f"LR {size // scale}px\n(nearest)", resize(lr, (size, size), Image.NEAREST)),
-        ("bicubic x" + str(scale), bicubic),
-        ("landmarks (478)\nthe prior sees", draw_landmarks(bicubic, result.faces[0].landmarks, scale)),
-        (label, result.image),
-        (f"original {size}px", hr),
-    ]
-    save_image(path, np.asarray(side_by_side(panels)), overwrite=overwrite)
-    report = {
-        "model": result.model_name,
-        "trained": result.trained,
-        "landmarks_found": result.faces[0].has_landmarks,
-        "psnr_bicubic": psnr(bicubic, hr),
-        "psnr_affectsr": psnr(result.image, hr),
-    }
+        for tag, hr in (("", default_face(size)), ("grey ", grey_copy(default_face(size)))):
+            lr = resize(hr, (size // scale, size // scale))
+            result = up(lr, aligned=True)
+            bicubic = resize(lr, (size, size))
+            label = result.model_name + ("" if result.trained else "\n(untrained: random weights)")
+            rows.append(side_by_side([
+                (f"{tag}LR {size // scale}px\n(nearest)", resize(lr, (size, size), Image.NEAREST)),
+                ("bicubic x" + str(scale), bicubic),
+                ("landmarks (478)\nthe prior sees", draw_landmarks(bicubic, result.faces[0].landmarks, scale)),
+                (label, result.image),
+                (f"{tag}original {size}px", hr),
+            ]))
+            key = tag.strip().replace(" ", "_")
+            if not key:
+                report.update(model=result.model_name, trained=result.trained,
+                              landmarks_found=result.faces[0].has_landmarks,
+                              psnr_bicubic=psnr(bicubic, hr), psnr_affectsr=psnr(result.image, hr))
+            else:
+                report.update({f"{key}_landmarks_found": result.faces[0].has_landmarks,
+                               f"{key}_psnr_bicubic": psnr(bicubic, hr), f"{key}_psnr_affectsr": psnr(result.image, hr),
+                               f"{key}_tint": colour_tint(result.image)})
+    picture = np.concatenate([np.asarray(r) for r in rows], axis=0)
+    save_image(path, picture, overwrite=overwrite)
     return path, report

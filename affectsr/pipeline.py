@@ -21,7 +21,7 @@ from PIL import Image
 from .faces import crop_padded, feather_mask, paste
 from .images import LoadedImage, read_image, resize, save_image, to_rgb_uint8
 from .landmarks import FaceBox, LandmarkDetector
-from .landmarks.detector import check_min_face
+from .landmarks.detector import check_min_face, is_greyscale
 from .landmarks.predictor import default_predictor_path, get_landmarks, load_predictor
 from .models import PRESETS, WeightsNotFoundError, create_model, load_model
 from .models.presets import default_model
@@ -48,6 +48,16 @@ def broken_output(crop: np.ndarray, sr: torch.Tensor) -> str | None:
     if int(crop.max()) - int(crop.min()) > 2 and float(sr.amax() - sr.amin()) < 0.5 / 255:
         return "a flat output (one colour)"
     return None
+
+
+def grey_out(sr: torch.Tensor) -> torch.Tensor:
+    """B x 3 x H x W RGB -> the same with R = G = B = its luma (BT.601 weights, those of PSNR-Y's Y).
+
+    The luma is a weighted mean of the channels with the weights of :func:`affectsr.metrics.rgb_to_y`,
+    so the Y channel that PSNR/SSIM read is kept (up to rounding) and only the colour goes.
+    """
+    w = sr.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    return (sr * w).sum(1, keepdim=True).expand_as(sr).contiguous()
 
 
 @dataclass
@@ -153,9 +163,13 @@ class Upscaler:
         that is broken (:func:`broken_output`: NaN/inf, or flat where the crop is not) is never
         returned: the face is upscaled bicubically instead, :attr:`broken_faces` counts it and
         ``notes`` (when given) gets one line naming the model.
+
+        A greyscale crop gives a greyscale face (:func:`grey_out`), as Real-ESRGAN's inference does for
+        grey images: networks trained on colour faces paint colour fringes on grey ones.
         """
         h, w = crop.shape[:2]
         pad, s = SR_PAD, self.scale  # replicate-pad the LR crop: the -lite models are weak at the very border
+        crop = crop if crop.flags.writeable else crop.copy()  # torch.from_numpy warns on read-only arrays
         x = torch.from_numpy(crop).to(self.device).permute(2, 0, 1)[None].float() / 255.0
         x = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode="replicate")
         lm = None
@@ -171,7 +185,10 @@ class Upscaler:
             if notes is not None and note not in notes:
                 notes.append(note)
             return resize(crop, (w * s, h * s))
-        return (y.clamp_(0, 1)[0].permute(1, 2, 0) * 255.0 + 0.5).byte().cpu().numpy()
+        y = y.clamp_(0, 1)
+        if is_greyscale(crop):
+            y = grey_out(y)
+        return (y[0].permute(1, 2, 0) * 255.0 + 0.5).byte().cpu().numpy()
 
     def __call__(self, image, aligned: bool = False) -> UpscaleResult:
         src = read_image(image) if isinstance(image, (str, Path)) else to_rgb_uint8(image)

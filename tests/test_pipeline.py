@@ -227,3 +227,24 @@ def test_min_face_is_checked_and_passed_to_the_detector(tiny_model, landmark_det
     big = Upscaler(4, tiny_model, device="cpu", detector=landmark_detector, min_face=400)
     assert big(two_face_image).faces == []  # both faces are under 0.8 x 400 px: not looked for
     assert len(Upscaler(4, tiny_model, device="cpu", detector=landmark_detector, min_face=24)(two_face_image).faces) == 2
+
+
+def test_grey_face_stays_grey_and_keeps_its_luma():
+    """Issue 12: a greyscale face comes out greyscale (mean |R-G| + |B-G| <= 2 levels; here exactly 0), and the
+    rule only removes colour: the Y that PSNR-Y reads is the network's own, to rounding."""
+    from affectsr.assets import default_face
+    from affectsr.demo import colour_tint, grey_copy
+    from affectsr.metrics import rgb_to_y
+    from affectsr.pipeline import grey_out
+
+    grey = grey_copy(default_face(128))
+    with Upscaler(8, "affectsr-x8-lite", device="cpu") as up:
+        lr = resize(grey, (16, 16))
+        out = up(lr, aligned=True).image
+        colour = up(resize(default_face(128), (16, 16)), aligned=True).image
+    assert colour_tint(lr) == 0 and colour_tint(out) <= 2.0
+    assert colour_tint(colour) > 5.0  # a colour face keeps its colour (the rule looks at the input)
+    sr = torch.rand(2, 3, 24, 24, generator=torch.Generator().manual_seed(0))
+    g = grey_out(sr)
+    assert torch.equal(g[:, 0], g[:, 1]) and torch.equal(g[:, 1], g[:, 2])
+    assert torch.allclose(rgb_to_y(g), rgb_to_y(sr), atol=1e-6)
