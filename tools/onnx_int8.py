@@ -14,6 +14,7 @@ conv_first and conv_last kept in float 1.24x at -0.11 dB (quantizing every op ty
 from __future__ import annotations
 
 import argparse
+import contextlib
 import tempfile
 import time
 from pathlib import Path
@@ -59,11 +60,13 @@ def main() -> None:
         export_onnx(args.preset, fp32, check=False)
         keep = [k for k in args.keep_float.split(",") if k]
         exclude = [n.name for n in onnx.load(str(fp32)).graph.node if n.op_type == "Conv" and any(k in n.name for k in keep)]
-        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
         calib = np.random.default_rng(0).choice(rows, 64, replace=False)
-        quantize_static(str(pre), str(int8), Faces(cache, calib, scale), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=["Conv"],
-                        nodes_to_exclude=exclude)
+        with contextlib.chdir(tmp):  # the quantizer leaves scratch files in the working folder
+            quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+            quantize_static(str(pre), str(int8), Faces(cache, calib, scale), quant_format=QuantFormat.QDQ,
+                            per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=["Conv"],
+                            nodes_to_exclude=exclude)
         nets = {"fp32": OnnxSRModel(fp32, threads=1), "int8": OnnxSRModel(int8, threads=1)}
         one = make_batch(cache, rows[:1], scale)
         t = interleaved_medians([lambda n=n: n(one.lr, one.landmarks) for n in nets.values()], args.min_time, time.process_time)
