@@ -158,7 +158,7 @@ def test_constructor_validates() -> None:
 
 # --- multi-scale detection -----------------------------------------------------------------------
 
-from affectsr.landmarks.detector import DEFAULT_MIN_FACE, is_greyscale, pyramid_sizes, skin_tint, tile_count  # noqa: E402
+from affectsr.landmarks.detector import DEFAULT_MIN_FACE, fine_pixels, is_greyscale, pyramid_sizes, skin_tint  # noqa: E402
 
 FACE_SIZES = (20, 28, 40, 64)  # side of the detector's box, in frame pixels
 
@@ -241,9 +241,9 @@ def test_coarse_boxes_unchanged_for_large_faces(landmark_detector, two_face_imag
 
 def test_min_face_prunes_levels_and_drops_small_faces(landmark_detector, small_faces_frame) -> None:
     frame, truths = small_faces_frame
-    assert tile_count(1920, 1080, 32) < tile_count(1920, 1080, 16) / 3  # a level fewer, 4x fewer pixels
+    assert fine_pixels(1920, 1080, 32) < fine_pixels(1920, 1080, 16) / 3  # a level fewer, 4x fewer pixels
     assert pyramid_sizes(1920, 1080, 32)[0] == pyramid_sizes(1920, 1080, 16)[1]
-    assert len(pyramid_sizes(80, 60, 16)) == 1  # fits one tile: one level
+    assert len(pyramid_sizes(80, 60, 16)) == 1  # fits the model's 128 px input: one level
     sizes = sorted(max(b.width, b.height) for b in landmark_detector.detect_faces(frame, min_face=36))
     assert len(sizes) == 2 and sizes[0] > 0.8 * 36  # the 20 and 28 px faces are not looked for
     with LandmarkDetector(min_face=36) as det:

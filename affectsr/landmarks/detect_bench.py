@@ -34,7 +34,7 @@ from ..assets import default_scene
 from ..faces import crop_padded
 from ..images import read_image, resize
 from ..runinfo import machine, today
-from .detector import DEFAULT_MIN_FACE, TILE, FaceBox, LandmarkDetector, tile_count
+from .detector import DEFAULT_MIN_FACE, TILE, FaceBox, LandmarkDetector, fine_pixels
 
 __all__ = ["BenchConfig", "FaceSource", "Scene", "BACKGROUNDS", "DEFAULT_BINS", "load_sources", "astronaut_sources",
            "backgrounds", "build_scene", "to_grey", "match", "recall_by_size", "run_detect_bench", "to_markdown",
@@ -363,7 +363,7 @@ def time_frames(detector: LandmarkDetector, frames: Sequence[np.ndarray], min_fa
         wall.append(time.perf_counter() - t)
         cpu.append(time.process_time() - c)
     h, w = frames[0].shape[:2]
-    return {"frames": len(frames), "size": f"{w}x{h}", "min_face": min_face, "tiles": tile_count(w, h, min_face),
+    return {"frames": len(frames), "size": f"{w}x{h}", "min_face": min_face, "fine_mpx": round(fine_pixels(w, h, min_face) / 1e6, 2),
             "threads": detector.threads, "median_s": round(float(np.median(wall)), 4),
             "median_cpu_s": round(float(np.median(cpu)), 4), "load_before_after": None}
 
@@ -462,11 +462,11 @@ def to_markdown(report: dict) -> str:
                       f"| found by detect_faces | found with the padded retry |", "|---|---:|---:|"]
         lines += [f"| {t['crop_over_box']:g} | {100 * t['recall']:.1f}% | {100 * t['recall_with_padding']:.1f}% |"
                   for t in tight]
-    lines += ["", "| frame | min_face | tiles | threads | median s | median CPU s | load (1/5/15 min) before, after |",
+    lines += ["", "| frame | min_face | fine-pass Mpx | threads | median s | median CPU s | load (1/5/15 min) before, after |",
               "|---|---:|---:|---:|---:|---:|---|"]
     for r in report["timing"]:
         lb, la = r["load_before_after"]
-        lines.append(f"| {r['size']} ({r['frames']} frames) | {r['min_face']:g} | {r['tiles']} | {r['threads']} | "
+        lines.append(f"| {r['size']} ({r['frames']} frames) | {r['min_face']:g} | {r['fine_mpx']} | {r['threads']} | "
                      f"{r['median_s']:.3f} | {r['median_cpu_s']:.3f} | {lb}, {la} |")
     return "\n".join(lines) + "\n"
 
