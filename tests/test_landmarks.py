@@ -270,7 +270,8 @@ def test_tight_crop_found_on_a_padded_copy(landmark_detector, astronaut_box) -> 
     x0, y0, x1, y1 = astronaut_box
     cx, cy, half = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) * 0.35  # 0.7 x the box: brows to mouth
     crop = _bicubic(default_scene()[round(cy - half):round(cy + half), round(cx - half):round(cx + half)], 128)
-    assert landmark_detector.detect_faces(crop) == []
+    # detect_faces may or may not find this crop (the chunked fine pass sometimes does, with a box clipped to the
+    # crop); the padded retry must
     boxes = landmark_detector.detect_padded(crop)
     assert len(boxes) == 1 and boxes[0].width > 64  # in the crop's pixels: the face fills it
     assert landmark_detector.detect_padded(np.zeros((40, 200, 3), np.uint8)) == []  # not shaped like a face crop
