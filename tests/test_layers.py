@@ -29,6 +29,7 @@ FLOORS: list[tuple[str, ...]] = [
 
 LAZY = {
     "mediapipe": "about a second to import; only detection needs it",
+    "cv2": "OpenCV (which mediapipe brings) runs the detector's fine pass; only detection needs it",
     "gradio": "the optional [web] extra",
     "av": "PyAV loads FFmpeg's libraries; only video needs them",
     "matplotlib": "slow to import; only figure writers need it",
