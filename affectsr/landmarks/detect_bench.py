@@ -363,7 +363,8 @@ def time_frames(detector: LandmarkDetector, frames: Sequence[np.ndarray], min_fa
         wall.append(time.perf_counter() - t)
         cpu.append(time.process_time() - c)
     h, w = frames[0].shape[:2]
-    return {"frames": len(frames), "size": f"{w}x{h}", "min_face": min_face, "fine_mpx": round(fine_pixels(w, h, min_face) / 1e6, 2),
+    return {"frames": len(frames), "size": f"{w}x{h}", "min_face": min_face,
+            "fine_mpx": round(fine_pixels(w, h, min_face) / 1e6, 2),
             "threads": detector.threads, "median_s": round(float(np.median(wall)), 4),
             "median_cpu_s": round(float(np.median(cpu)), 4), "load_before_after": None}
 
@@ -462,7 +463,8 @@ def to_markdown(report: dict) -> str:
                       f"| found by detect_faces | found with the padded retry |", "|---|---:|---:|"]
         lines += [f"| {t['crop_over_box']:g} | {100 * t['recall']:.1f}% | {100 * t['recall_with_padding']:.1f}% |"
                   for t in tight]
-    lines += ["", "| frame | min_face | fine-pass Mpx | threads | median s | median CPU s | load (1/5/15 min) before, after |",
+    lines += ["", "| frame | min_face | fine-pass Mpx | threads | median s | median CPU s "
+                  "| load (1/5/15 min) before, after |",
               "|---|---:|---:|---:|---:|---:|---|"]
     for r in report["timing"]:
         lb, la = r["load_before_after"]

@@ -59,7 +59,7 @@ _RETRY_CONTEXT: tuple[float, ...] = (0.0, 0.25)
 DEFAULT_MIN_FACE = 16
 """Smallest face (side of the detector's box, in input pixels) ``detect_faces`` looks for by default."""
 TILE = 128  # the short-range model's input side (the verification views are cut at this size)
-_TILE_FACE = 20  # a min_face face is scaled to this many pixels of the pyramid's first level (the short-range model's floor)
+_TILE_FACE = 20  # a min_face face is this many pixels of the pyramid's first level (the short-range model's floor)
 # The fine pass runs the short-range model (a fully convolutional net) on chunks of about this side of each level,
 # through OpenCV's DNN module (cv2 comes with mediapipe) instead of MediaPipe's graph, which squeezes every input to
 # 128 px: 128 px tiles had to share 40 px with each neighbour (2.1x the level's pixels), these chunks about 1.3x.
@@ -285,7 +285,8 @@ def fine_pixels(width: int, height: int, min_face: float = DEFAULT_MIN_FACE) -> 
     total = 0
     for lw, lh in pyramid_sizes(width, height, min_face):
         (xs, cw), (ys, ch) = _chunk_spans(lw), _chunk_spans(lh)
-        total += len(xs) * len(ys) * (-(-cw // _MODEL_STRIDE) * _MODEL_STRIDE) * (-(-ch // _MODEL_STRIDE) * _MODEL_STRIDE)
+        padded_w, padded_h = -(-cw // _MODEL_STRIDE) * _MODEL_STRIDE, -(-ch // _MODEL_STRIDE) * _MODEL_STRIDE
+        total += len(xs) * len(ys) * padded_w * padded_h
     return total
 
 
