@@ -1,7 +1,7 @@
 """The ``affectsr`` command: builds the parser from :mod:`affectsr.commands` and runs the chosen subcommand.
 
 ``affectsr demo | upscale | video | models | bench | bench-detect | emotion | study-resolution | prepare |
-cache-trunk | train | train-frozen-trunk | train-predictor | evaluate | evaluate-cache | evaluate-predictor | export |
+cache-trunk | cache-teacher | train | train-frozen-trunk | train-predictor | evaluate | evaluate-cache | evaluate-predictor | export |
 fairness | serve``
 (``affectsr --help``). Each subcommand returns its exit code: 0 done, 1 some inputs failed, 2 bad
 arguments or input (a damaged weights file included), 130 interrupted, 141 stdout closed by its reader.

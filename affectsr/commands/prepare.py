@@ -1,5 +1,6 @@
 """``affectsr prepare SRC --out CACHE``: a folder of faces -> a sharded training cache; ``affectsr cache-trunk``:
-a prepared cache -> the frozen Real-ESRGAN trunk's features of its faces (for frozen-trunk training)."""
+a prepared cache -> the frozen Real-ESRGAN trunk's features of its faces (for frozen-trunk training);
+``affectsr cache-teacher``: a prepared cache -> a trained model's SR of its faces (for distillation)."""
 from __future__ import annotations
 
 import argparse
@@ -9,9 +10,11 @@ import sys
 from ..data.dataset import FaceCache
 from ..data.prepare import PrepareConfig, prepare
 from ..data.trunk_cache import TrunkCacheConfig, build_trunk_cache, sample_indices
+from ..train.teacher import build_teacher_outputs
+from ..weights import WeightsError
 from .common import fail
 
-__all__ = ["add_parser", "run", "run_cache_trunk"]
+__all__ = ["add_parser", "run", "run_cache_teacher", "run_cache_trunk"]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,6 +69,24 @@ def add_parser(subparsers) -> None:
     t.add_argument("-q", "--quiet", action="store_true")
     t.set_defaults(func=run_cache_trunk)
 
+    d = subparsers.add_parser(
+        "cache-teacher", help="store a trained model's SR of prepared faces (teacher outputs for distillation)",
+        description="Run a teacher (e.g. affectsr-x4) once per face of prepared cache(s), on the same bicubic LR and "
+                    "detected LR landmarks as training, and store its SR as uint8 in one .npz (affectsr.train.teacher). "
+                    "`affectsr train teacher=FILE lambda_kd=...` distils from it. With --trunk-cache (the teacher's "
+                    "frozen trunk, from `affectsr cache-trunk`) only what follows the cached trunk runs.")
+    d.add_argument("--teacher", required=True, help="preset name or SR .safetensors")
+    d.add_argument("--data", nargs="+", required=True, help="cache folder(s) made by `affectsr prepare`, pooled")
+    d.add_argument("--out", required=True, help="the .npz to write (keep it out of git)")
+    d.add_argument("--split", default="train", help="train/val/test, or all")
+    d.add_argument("--trunk-cache", default="", help="the faces of this trunk cache, from its features")
+    d.add_argument("--sample", type=int, default=None, help="without --trunk-cache: a random subset of this many faces")
+    d.add_argument("--seed", type=int, default=0, help="seed of --sample")
+    d.add_argument("--batch-size", type=int, default=8)
+    d.add_argument("--threads", type=int, default=1)
+    d.add_argument("-q", "--quiet", action="store_true")
+    d.set_defaults(func=run_cache_teacher)
+
 
 def run_cache_trunk(args: argparse.Namespace) -> int:
     split = None if args.split == "all" else args.split
@@ -76,6 +97,23 @@ def run_cache_trunk(args: argparse.Namespace) -> int:
                                indices=sample_indices(len(faces), args.sample, args.seed))
         stats = build_trunk_cache(cfg, args.out, threads=args.threads, progress=not args.quiet, faces=faces)
     except (ValueError, FileNotFoundError, KeyError) as e:
+        return fail(str(e))
+    print(json.dumps(stats))
+    return 0
+
+
+def run_cache_teacher(args: argparse.Namespace) -> int:
+    split = None if args.split == "all" else args.split
+    data = [str(c) for c in args.data]
+    try:
+        indices = None
+        if args.sample is not None:
+            if args.trunk_cache:
+                return fail("--sample picks faces without a trunk cache; --trunk-cache brings its own")
+            indices = sample_indices(len(FaceCache(data, split=split)), args.sample, args.seed)
+        stats = build_teacher_outputs(args.teacher, data, args.out, split, indices, args.trunk_cache, args.batch_size,
+                                      args.threads, progress=not args.quiet)
+    except (ValueError, FileNotFoundError, KeyError, WeightsError) as e:
         return fail(str(e))
     print(json.dumps(stats))
     return 0

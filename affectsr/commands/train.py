@@ -71,7 +71,7 @@ def run_train(args: argparse.Namespace) -> int:
     rank = int(os.environ.get("RANK", 0))
     try:
         s = train(cfg, log=print if rank == 0 else (lambda *_: None))
-    except FileNotFoundError as e:  # no prepared cache where data= points
+    except (FileNotFoundError, ValueError) as e:  # no prepared cache where data= points; settings that do not fit
         print(f"error: {e}", file=sys.stderr)
         return 2
     if rank == 0:

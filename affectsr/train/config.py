@@ -18,6 +18,8 @@ class TrainConfig:
     data: tuple[str, ...] = (".data/cache/utkface_aligned", ".data/cache/taiwanese_expr")
     out: str = "runs/affectsr-x4-lite"
     init: str = ""  # optional .safetensors to start from (full model, or an RRDB backbone of prior='none')
+    init_partial: bool = False  # load only init's tensors whose name and shape fit (e.g. a FAST prior from a -lite file)
+    init_skip: tuple[str, ...] = ()  # with init_partial: name prefixes left fresh anyway (e.g. fusions. for a new prior)
     steps: int = 2000
     batch_size: int = 16  # global batch (split across DDP processes)
     lr: float = 3e-4
@@ -30,6 +32,9 @@ class TrainConfig:
     classifier: str = ""  # FER classifier for the loss and val ECM ('' = the shipped teacher, fer-teacher-vgg)
     lambda_lm: float = 0.0  # landmark loss weight (needs `predictor`)
     lambda_gan: float = 0.0  # relativistic GAN loss weight (ESRGAN uses 5e-3 after L1 pre-training)
+    teacher: str = ""  # teacher outputs for distillation (.npz of `affectsr cache-teacher`; bicubic degradation only)
+    lambda_kd: float = 0.0  # weight of L1(SR, teacher SR) on the rows that have a teacher output (needs `teacher`)
+    kd_batch: int = 0  # rows per step drawn from the faces with a teacher output, on top of batch_size
     lambda_temporal: float = 0.0  # temporal consistency on jittered pairs of still faces (affectsr.train.losses); 0 = off
     degradation: str = "bicubic"  # 'bicubic' (paper) or 'blind'
     landmarks: str = "detect"  # LR landmarks fed to the prior: detect | predict | auto | hr | none

@@ -3,7 +3,9 @@
 Losses: L1 + ``lambda_emo`` x Emotion Consistency Loss (+ ``lambda_lm`` x landmark loss: a frozen
 :class:`~affectsr.landmarks.predictor.LandmarkPredictor` reads the SR face, compared with the HR
 landmarks) (+ ``lambda_gan`` x relativistic GAN loss with a small patch discriminator, ESRGAN-style,
-optional) (+ ``lambda_temporal`` x temporal consistency on jittered pairs, :mod:`affectsr.train.losses`).
+optional) (+ ``lambda_temporal`` x temporal consistency on jittered pairs, :mod:`affectsr.train.losses`)
+(+ ``lambda_kd`` x L1 to a teacher's stored SR on the rows that have one, :mod:`affectsr.train.teacher`;
+``kd_batch`` adds that many such rows to every step).
 Adam, cosine learning rate with warm-up, gradient clipping, EMA weights (validation,
 checkpoints and exports use the EMA), validation PSNR/SSIM (Y channel, border = scale cropped,
 as BasicSR) and ECM every ``val_every`` steps (:func:`affectsr.evaluate.score_cache`), ``log.csv`` +
@@ -43,6 +45,7 @@ from ..runinfo import machine
 from ..weights import WeightsError, load_state
 from .config import TrainConfig
 from .losses import PatchDiscriminator, discriminator_loss, generator_gan_loss, temporal_consistency_loss, temporal_pair
+from .teacher import TeacherOutputs
 
 __all__ = ["LOG_FIELDS", "check_init", "plot_curves", "train"]
 
@@ -86,13 +89,31 @@ def _set_rng_state(s: dict) -> None:
         torch.cuda.set_rng_state_all(s["cuda"])
 
 
-def _build_model(cfg: TrainConfig) -> nn.Module:
+def _load_fitting(model: nn.Module, state: dict[str, torch.Tensor], path: str, skip: tuple[str, ...] = ()) -> list[str]:
+    """Load the tensors of ``state`` whose name and shape fit ``model``, except names starting with one of ``skip``
+    (e.g. the fusions of a prior that comes back fresh: zero-initialised, they leave the loaded backbone's output
+    as it was); returns the names left fresh."""
+    own = model.state_dict()
+    fit = {k: v for k, v in state.items()
+           if k in own and tuple(v.shape) == tuple(own[k].shape) and not k.startswith(tuple(skip))}
+    if not fit:
+        raise WeightsError(path, "none of its tensors fit the network (init_partial=true)")
+    model.load_state_dict(fit, strict=False)
+    return [k for k in own if k not in fit]
+
+
+def _build_model(cfg: TrainConfig, log=None) -> nn.Module:
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.model, **parse_config_overrides(cfg.model, cfg.model_args))
     if cfg.init:
         state = read_state(cfg.init)
         init_cfg = read_config(cfg.init)
-        if getattr(init_cfg, "prior", None) == "none" and getattr(model.config, "prior", None) != "none":
+        if cfg.init_partial:
+            fresh = _load_fitting(model, state, cfg.init, cfg.init_skip)
+            if log is not None:
+                log(f"init {cfg.init}: {len(model.state_dict()) - len(fresh)} tensors loaded, {len(fresh)} left fresh"
+                    + (f" ({', '.join(fresh[:6])}{' ...' if len(fresh) > 6 else ''})" if fresh else ""))
+        elif getattr(init_cfg, "prior", None) == "none" and getattr(model.config, "prior", None) != "none":
             try:
                 model.load_backbone({k.removeprefix("backbone."): v for k, v in state.items()})
             except (RuntimeError, KeyError) as e:
@@ -100,6 +121,23 @@ def _build_model(cfg: TrainConfig) -> nn.Module:
         else:
             load_state(model, state, cfg.init)
     return model
+
+
+def _load_teacher(cfg: TrainConfig, train_set: FaceCache, scale: int
+                  ) -> tuple[TeacherOutputs | None, np.ndarray | None, np.ndarray | None]:
+    """(teacher outputs, each train face's row in them or -1, the train faces that have one) for distillation."""
+    if not cfg.teacher:
+        if cfg.lambda_kd or cfg.kd_batch:
+            raise ValueError("lambda_kd / kd_batch need teacher=<teacher outputs .npz of `affectsr cache-teacher`>")
+        return None, None, None
+    if cfg.degradation != "bicubic":
+        raise ValueError(f"teacher outputs are made from bicubic LR faces; degradation={cfg.degradation!r} differs")
+    teacher = TeacherOutputs(cfg.teacher)
+    rows = teacher.rows_for(train_set, scale)
+    pool = np.flatnonzero(rows >= 0)
+    if cfg.kd_batch and len(pool) < cfg.kd_batch:
+        raise ValueError(f"kd_batch={cfg.kd_batch} is more than the {len(pool)} train faces with a teacher output")
+    return teacher, rows, pool
 
 
 def check_init(cfg: TrainConfig) -> None:
@@ -137,8 +175,8 @@ def _validate(model, val: FaceCache, cfg: TrainConfig, scale: int, device, clf, 
     return out
 
 
-LOG_FIELDS = ["step", "epoch", "seconds", "lr", "loss", "l1", "prior", "emo", "lm", "gan", "tc", "val_psnr", "val_ssim",
-              "val_ecm"]
+LOG_FIELDS = ["step", "epoch", "seconds", "lr", "loss", "l1", "prior", "emo", "lm", "gan", "tc", "kd", "val_psnr",
+              "val_ssim", "val_ecm"]
 
 
 def _truncate_log(path: Path, step: int) -> None:
@@ -220,13 +258,14 @@ def train(cfg: TrainConfig, rank: int | None = None, world_size: int | None = No
 
     train_set = FaceCache(list(cfg.data), split="train")
     val_set = FaceCache(list(cfg.data), split="val") if main_proc and cfg.val_every else None
-    model = _build_model(cfg).to(device)
+    model = _build_model(cfg, log if main_proc else None).to(device)
     scale = model.scale
     has_aux = callable(getattr(model, "aux_loss", None))
     hr_size = train_set.size
     if hr_size % scale:
         raise ValueError(f"cache HR size {hr_size} is not divisible by the scale {scale}")
 
+    teacher, teacher_rows, kd_pool = _load_teacher(cfg, train_set, scale)
     predictor = None
     if cfg.predictor:
         predictor = load_predictor(cfg.predictor).to(device)
@@ -312,6 +351,9 @@ def train(cfg: TrainConfig, rank: int | None = None, world_size: int | None = No
         (out / "bicubic_val.json").write_text(json.dumps(v, indent=2))
     while step < min(stop, cfg.steps):
         idx, epoch = batch_indices(len(train_set), cfg.batch_size, step, cfg.seed, rank, world_size)
+        if cfg.kd_batch:  # extra rows with a teacher output, drawn as statelessly as the batch itself
+            extra, _ = batch_indices(len(kd_pool), cfg.kd_batch, step, cfg.seed + 1, rank, world_size)
+            idx = np.concatenate([idx, kd_pool[extra]])
         b = make_batch(train_set, idx, scale, cfg.degradation, cfg.seed, epoch, cfg.landmarks).to(device)
         if cuda and cfg.channels_last:
             b.lr = b.lr.contiguous(memory_format=torch.channels_last)
@@ -338,8 +380,14 @@ def train(cfg: TrainConfig, rank: int | None = None, world_size: int | None = No
             terms["lm"] = (F.l1_loss(pred[ok][..., :2], b.lm_hr[ok][..., :2]) if ok.any() else sr.sum() * 0)
         if disc is not None:
             terms["gan"] = generator_gan_loss(disc(b.hr), disc(sr))
+        if teacher is not None:
+            rows = teacher_rows[b.index]
+            has = torch.from_numpy(rows >= 0).to(device)
+            terms["kd"] = (F.l1_loss(sr[has], teacher.target(rows[rows >= 0]).to(device)) if has.any()
+                           else sr.sum() * 0)
         loss = l1 + terms.get("prior", 0) + cfg.lambda_emo * terms.get("emo", 0) + cfg.lambda_lm * terms.get("lm", 0) \
-            + cfg.lambda_gan * terms.get("gan", 0) + cfg.lambda_temporal * terms.get("tc", 0)
+            + cfg.lambda_gan * terms.get("gan", 0) + cfg.lambda_temporal * terms.get("tc", 0) \
+            + cfg.lambda_kd * terms.get("kd", 0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip:
