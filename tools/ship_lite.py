@@ -13,6 +13,7 @@ Refuses to ship a model that does not beat bicubic in PSNR on the test split (``
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import sys
@@ -25,6 +26,8 @@ sys.path.insert(0, str(ROOT))
 
 from affectsr.evaluate import evaluate_cache, format_cache_eval, predictor_nme  # noqa: E402
 from affectsr.models import PRESETS, load_model, save_weights  # noqa: E402
+from affectsr.train import TrainConfig  # noqa: E402
+from affectsr.train.teacher import TeacherOutputs  # noqa: E402
 from affectsr.weights import WEIGHTS_DIR, read_metadata  # noqa: E402
 
 CACHES = {"utkface_aligned": ".data/cache/utkface_aligned", "taiwanese_expr": ".data/cache/taiwanese_expr"}
@@ -37,6 +40,7 @@ def main() -> int:
     ap.add_argument("--predictor", required=True, help="landmark predictor trained for this scale")
     ap.add_argument("--force", action="store_true")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (more than the free cores is very slow)")
+    ap.add_argument("--script", default="tools/train_lite.sh", help="the script that ran the training (for the card)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     run = Path(a.run)
@@ -60,11 +64,15 @@ def main() -> int:
     if main_r["model"]["psnr"] <= main_r["bicubic"]["psnr"] and not a.force:
         print(f"NOT shipped: {main_r['model']['psnr']:.2f} dB does not beat bicubic {main_r['bicubic']['psnr']:.2f} dB")
         return 1
+    # read what the card says about the run's start and teacher before dst (perhaps its init) is replaced
+    init_meta = read_metadata(cfg["init"], "sr") if cfg.get("init") else None
+    teacher = TeacherOutputs(cfg["teacher"]) if cfg.get("teacher") else None
     shutil.copyfile(staged, dst)
     dst.chmod(0o644)
     pred_dst = WEIGHTS_DIR / f"{a.preset}.landmarks.safetensors"
-    shutil.copyfile(a.predictor, pred_dst)
-    pred_dst.chmod(0o644)
+    if Path(a.predictor).resolve() != pred_dst.resolve():  # re-shipping with the predictor already shipped
+        shutil.copyfile(a.predictor, pred_dst)
+        pred_dst.chmod(0o644)
     docs = ROOT / "docs" / "training"
     docs.mkdir(parents=True, exist_ok=True)
     for r in [*results["all"].values(), *results["per_dataset"].values()]:
@@ -72,7 +80,7 @@ def main() -> int:
     (docs / f"{a.preset}-eval.json").write_text(json.dumps(results, indent=2))
     if (run / "curves.png").is_file():
         shutil.copyfile(run / "curves.png", docs / f"{a.preset}-curves.png")
-    (WEIGHTS_DIR / f"{a.preset}.md").write_text(card(a.preset, meta, cfg, results, a.predictor))
+    (WEIGHTS_DIR / f"{a.preset}.md").write_text(card(a.preset, meta, cfg, results, a.script, init_meta, teacher))
     print(f"shipped {dst} and {pred_dst}")
     return 0
 
@@ -81,23 +89,53 @@ def _table(r: dict) -> str:
     return "\n".join(format_cache_eval(r).splitlines()[1:])
 
 
-def card(preset: str, meta: dict, cfg: dict, res: dict, predictor: str) -> str:
+def _command(cfg: dict) -> str:
+    """``python -m affectsr train`` with every setting that differs from TrainConfig's defaults."""
+    default = TrainConfig().to_dict()
+    text = lambda v: ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)  # noqa: E731
+    args = [f"{k}={text(v)!r}" if (";" in text(v) or " " in text(v)) else f"{k}={text(v)}"
+            for k, v in cfg.items() if k in default and (k == "model" or text(v) != text(default[k]))]
+    return "python -m affectsr train " + " ".join(args)
+
+
+def _origin(meta: dict, cfg: dict, init_meta: dict | None, teacher: TeacherOutputs | None) -> str:
+    """How the run started and what it learned from, in a sentence or two."""
+    minutes = float(meta["train_seconds"]) / 60
+    if not cfg.get("init"):
+        return (f"trained for {int(meta['steps'])} steps ({minutes:.0f} min) on a shared 2-core CPU, from scratch "
+                f"(no pretrained RRDB backbone)")
+    prev = (f" ({init_meta['steps']} steps, {float(init_meta['train_seconds']) / 60:.0f} min from scratch)"
+            if init_meta and "steps" in init_meta and "train_seconds" in init_meta else "")
+    fit = " (the tensors whose shape fits; the rest starts fresh)" if cfg.get("init_partial") else ""
+    text = (f"continued from the previous `{Path(cfg['init']).name}`{prev}{fit} for {int(meta['steps'])} steps "
+            f"({minutes:.0f} min) on a shared 2-core CPU")
+    if teacher is not None:
+        text += (f", distilled from the SR outputs of `{teacher.meta['teacher']}` on {len(teacher):,} train faces "
+                 f"plus the ground truth")
+    return text
+
+
+def card(preset: str, meta: dict, cfg: dict, res: dict, script: str = "tools/train_lite.sh",
+         init_meta: dict | None = None, teacher: TeacherOutputs | None = None) -> str:
     r = res["all"]["auto"]
     n = res["nme"]
     minutes = float(meta["train_seconds"]) / 60
     desc = PRESETS[preset][1]
     scale = r["scale"]
-    overrides = " ".join(f"{k}={','.join(v) if isinstance(v, list) else v}" for k, v in cfg.items()
-                         if k in ("model", "steps", "batch_size", "lr", "lambda_emo", "landmarks", "seed", "threads",
-                                  "val_max", "val_every", "max_minutes"))
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    cfg = {k: v for k, v in cfg.items() if k in known}
+    kd = ""
+    if teacher is not None:
+        kd = (f" + {cfg['lambda_kd']} x L1 to the teacher's SR on the rows that have one (`{cfg['teacher']}`, made by "
+              f"`affectsr cache-teacher --teacher {teacher.meta['teacher']}`; {len(teacher):,} train faces"
+              + (f", {cfg['kd_batch']} of them added to every batch" if cfg.get("kd_batch") else "") + ")")
+    arch = f"; model_args `{cfg['model_args']}`" if cfg.get("model_args") else ""
     per = "\n\n".join(f"**{name}** (test split, LR landmarks auto):\n\n{_table(x)}" for name, x in res["per_dataset"].items())
     return f"""# {preset}
 
-{desc}. AffectSRNet with the spatial GCN landmark prior and MSAF fusion, x{scale}
-({128 // scale} px -> 128 px faces). **A CPU-budget model**: trained for {int(meta['steps'])} steps
-({minutes:.0f} min) on a shared 2-core CPU, from scratch (no pretrained RRDB backbone). It beats bicubic on
-our test split, but it is far from converged; the full presets (`affectsr-x4`, `affectsr-x8`, nf64 nb23)
-still wait for a GPU run.
+{desc}{arch}. AffectSRNet with the spatial GCN landmark prior and MSAF fusion, x{scale}
+({128 // scale} px -> 128 px faces). **A CPU-budget model**: {_origin(meta, cfg, init_meta, teacher)}.
+It beats bicubic on our test split, but it is far from converged.
 
 ## Training
 
@@ -107,11 +145,11 @@ still wait for a GPU run.
   128 px (PIL bicubic); LR = PIL bicubic x{scale} downscaling (the paper's protocol).
 - LR landmarks: MediaPipe on the bicubic LR crop (`landmarks=detect`; faces where it finds none train
   without the prior).
-- Loss: L1 + {cfg['lambda_emo']} x Emotion Consistency Loss (frozen `fer-mini-xception`, KL T=2 + 0.1 feature MSE).
+- Loss: L1 + {cfg['lambda_emo']} x Emotion Consistency Loss (frozen `{cfg.get('classifier') or 'fer-mini-xception'}`, KL T=2 + 0.1 feature MSE){kd}.
 - Adam (betas {tuple(cfg['betas'])}), lr {cfg['lr']} cosine to {cfg['lr_min']}, {cfg['warmup']} warm-up steps,
   batch {cfg['batch_size']}, grad-clip {cfg['grad_clip']}, EMA {cfg['ema_decay']} (shipped weights = EMA), seed {meta['seed']}.
 - Steps: {meta['steps']}; wall time {minutes:.1f} min on {meta['machine']} (shared with other jobs).
-- Command: `tools/train_lite.sh` (= `python -m affectsr train {overrides} data=.data/cache/utkface_aligned,.data/cache/taiwanese_expr out=.data/runs/{preset}`).
+- Command: `{script}` (= `{_command(cfg)}`).
 
 ## Test results (reproduce: `python tools/ship_lite.py {preset} --run .data/runs/{preset} --predictor <predictor> --force`, or directly)
 

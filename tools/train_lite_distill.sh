@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The distilled -lite presets (issue 12 item 4) with the cheap prior of affectsr.models.presets.FAST (issue 17):
+# 1. teacher outputs: the full preset (affectsr-x4 / affectsr-x8) on the train faces of its frozen-trunk feature
+#    cache (`affectsr cache-trunk ... --sample 1200 --seed 0 --stop-before 2`, the cache it was trained on), so
+#    only what follows the cached trunk runs;
+# 2. the student starts from the previous -lite release where tensors fit (backbone, GCN); the FAST prior's heads
+#    and projections and the fusions start fresh (fusions zero: the start is the previous backbone's output);
+# 3. loss: L1 to HR + LAMBDA_KD x L1 to the teacher on the rows that have one (KD_BATCH of them added to every
+#    batch of 8) + 0.02 x the emotion consistency loss; one torch thread, resumable (run it again to continue).
+# Usage: tools/train_lite_distill.sh 4|8 [KEY=VALUE ...]  (extra train overrides, e.g. lambda_kd=0 out=... for the
+# GT-only control, stop_after=N)
+# INIT: the previous -lite weights (default: a copy of the shipped file, made once in $OUT, so that shipping the
+# result does not change the start of a resumed or repeated run; after shipping, take the previous release from git).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SCALE=${1:?usage: tools/train_lite_distill.sh 4|8 [KEY=VALUE ...]}; shift
+PY=${PY:-python}
+DATA=${DATA:-.data/cache/utkface_aligned,.data/cache/taiwanese_expr}
+TRUNK=${TRUNK:?TRUNK=<frozen-trunk cache of the teacher, affectsr cache-trunk --stop-before 2>}
+OUT=${OUT:-.data/runs/distill-x$SCALE}
+STEPS=${STEPS:-2400}
+PRESET=affectsr-x$SCALE-lite
+mkdir -p "$OUT"
+INIT=${INIT:-$OUT/init-$PRESET.safetensors}
+[ -f "$INIT" ] || cp "affectsr/weights/$PRESET.safetensors" "$INIT"
+if [ ! -f "$OUT/teacher.npz" ]; then
+  OMP_NUM_THREADS=1 $PY -m affectsr cache-teacher --teacher "affectsr-x$SCALE" --data ${DATA//,/ } \
+    --trunk-cache "$TRUNK" --out "$OUT/teacher.npz" --threads 1 -q
+fi
+FAST_ARGS=$($PY -c "from affectsr.models.presets import FAST; print(';'.join(f'{k}={v}' for k, v in FAST['$PRESET'].items()))")
+OMP_NUM_THREADS=1 $PY -m affectsr train model="$PRESET" model_args="$FAST_ARGS" data="$DATA" out="$OUT/run" \
+  init="$INIT" init_partial=true init_skip=fusions.,prior.heads,prior.to_splat \
+  teacher="$OUT/teacher.npz" lambda_kd=${LAMBDA_KD:-1.0} kd_batch=${KD_BATCH:-4} \
+  steps="$STEPS" batch_size=8 lr=2e-4 warmup=50 lambda_emo=0.02 landmarks=detect seed=0 \
+  val_every=250 val_max=128 ckpt_minutes=3 threads=1 "$@"
