@@ -9,6 +9,11 @@
 #    batch of 8) + 0.02 x the emotion consistency loss; one torch thread, resumable (run it again to continue).
 # Usage: tools/train_lite_distill.sh 4|8 [KEY=VALUE ...]  (extra train overrides, e.g. lambda_kd=0 out=... for the
 # GT-only control, stop_after=N)
+# The shipped affectsr-x4-lite (2026-11-29, shared 2-core CPU, 1 thread at nice 5 beside 4-6 other jobs): STEPS=1600
+# max_minutes=95 to step 656 (stopped by hand: at 4-5 s/step the run would not reach 1600 in the time there was),
+# then resumed with STEPS=1250 max_minutes=46 to the end (resume is exact, but the new horizon re-stretches the
+# cosine: the learning rate went from 1.35e-4 to 9.8e-5 at step 656). Replay: `... 4 stop_after=656` with
+# STEPS=1600, then STEPS=1250.
 # INIT: the previous -lite weights (default: a copy of the shipped file, made once in $OUT, so that shipping the
 # result does not change the start of a resumed or repeated run; after shipping, take the previous release from git).
 set -euo pipefail

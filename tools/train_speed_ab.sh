@@ -15,12 +15,14 @@ OUT=${OUT:-.data/runs/speed-ab-x$SCALE}
 PRESET=affectsr-x$SCALE-lite
 # FAST_ARGS=... tries another cheap setting (e.g. "fusion_stages=1;prior_kernel=1"; use its own OUT)
 FAST_ARGS=${FAST_ARGS:-$($PY -c "from affectsr.models.presets import FAST; print(';'.join(f'{k}={v}' for k, v in FAST['$PRESET'].items()))")}
+# the old prior, spelled out: affectsr-x4-lite's preset has the cheap one since its distilled file shipped
+OLD_ARGS=$($PY -c "from affectsr.models.presets import OLD_PRIOR; print(';'.join(f'{k}={v}' for k, v in OLD_PRIOR.items()))")
 COMMON="data=$DATA batch_size=8 lr=4e-4 warmup=30 steps=$STEPS val_every=$STEPS val_max=128 ckpt_minutes=3 \
   threads=1 landmarks=detect lambda_emo=0.02"
 NAMES=${*:-old-s0 old-s1 fast-s0 fast-s1}
 mkdir -p "$OUT"
 run_one() {
-  name=$1; seed=${name##*-s}; args=""
+  name=$1; seed=${name##*-s}; args=$OLD_ARGS
   [[ $name == fast-* ]] && args=$FAST_ARGS
   if [ ! -f "$OUT/$name/ema.safetensors" ]; then
     echo "train $name (seed $seed, model_args '$args')"
@@ -33,7 +35,7 @@ run_one() {
   fi
   echo "done $name"
 }
-export -f run_one; export OUT PY COMMON PRESET FAST_ARGS DATA
+export -f run_one; export OUT PY COMMON PRESET FAST_ARGS OLD_ARGS DATA
 printf '%s\n' $NAMES | xargs -P "${JOBS:-4}" -I{} bash -c 'run_one "$@"' _ {}
 $PY - "$OUT" $NAMES <<'PYEOF'
 import json, sys

@@ -47,17 +47,20 @@ ARCHITECTURES: dict[str, tuple[type, type[torch.nn.Module]]] = {
 
 _LITE = dict(nf=32, nb=3, gc=16, gcn_dims=(32, 64), msaf_groups=4)
 # The cheap prior (issue 17): MSAF fusion after the trunk and the first x2 upsampling only, 1x1 prior heads,
-# 8 splatted channels, splatted once and pooled. Not exact, so the -lite presets keep the network their shipped
-# files were trained as until a retrained pair shows the quality holds (tools/train_speed_ab.sh); train with
-# model_args from FAST[name] to take it. The full presets need none of it: with the exact speedups their prior
-# costs a few per cent of the nf64 nb23 backbone (README speed tables).
+# 8 splatted channels, splatted once and pooled. Not exact, so a -lite preset keeps the network its shipped file
+# was trained as until it is retrained with it: affectsr-x4-lite has been (distilled from affectsr-x4,
+# tools/train_lite_distill.sh), affectsr-x8-lite not yet (train with model_args from FAST[name] to take it).
+# The full presets need none of it: with the exact speedups their prior costs a few per cent of the nf64 nb23
+# backbone (README speed tables).
 _FAST = dict(fusion_stages=2, prior_kernel=1, splat_channels=8, splat_once=True)
 FAST = {"affectsr-x4-lite": _FAST, "affectsr-x8-lite": _FAST}
+OLD_PRIOR = dict(fusion_stages=0, prior_kernel=3, splat_channels=16, splat_once=False)  # before FAST (for A/Bs)
 
 PRESETS: dict[str, tuple[ModelConfig, str]] = {
     "affectsr-x4": (ModelConfig(scale=4, in_size=32), "AffectSRNet x4 (32->128, 64->256), nf64 nb23, spatial GCN prior + MSAF"),
     "affectsr-x8": (ModelConfig(scale=8, in_size=16), "AffectSRNet x8 (16->128), nf64 nb23, spatial GCN prior + MSAF"),
-    "affectsr-x4-lite": (ModelConfig(scale=4, in_size=32, **_LITE), "CPU variant of affectsr-x4: nf32 nb3 gc16"),
+    "affectsr-x4-lite": (ModelConfig(scale=4, in_size=32, **_LITE, **_FAST),
+                         "CPU variant of affectsr-x4: nf32 nb3 gc16, cheap prior"),
     "affectsr-x8-lite": (ModelConfig(scale=8, in_size=16, **_LITE), "CPU variant of affectsr-x8: nf32 nb3 gc16"),
     "rrdb-x4": (ModelConfig(scale=4, in_size=32, prior="none"), "ESRGAN RRDBNet x4 without priors (backbone / baseline)"),
     "rrdb-x8": (ModelConfig(scale=8, in_size=16, prior="none"), "ESRGAN RRDBNet x8 without priors (backbone / baseline)"),
