@@ -90,8 +90,8 @@ def test_end_to_end_files_and_keys(eval_run):
         assert m["identity_kept"] == 1.0 and m["identity_cosine"] > 0.9
         for k in ("nme_mouth", "nme_eyes", "nme_brows"):
             assert 0 < m[k] < 0.2
-    # the -lite file predates the recorded classifier; its card says fer-mini-xception
-    assert s["affectsr-x4-lite"]["trained_with"] == "fer-mini-xception" and s["bicubic"]["trained_with"] is None
+    # the distilled x4 -lite file records the classifier its emotion loss read (train's default, the teacher)
+    assert s["affectsr-x4-lite"]["trained_with"] == "fer-teacher-vgg" and s["bicubic"]["trained_with"] is None
     assert (run["judge"], run["teacher"]) == ("fer-judge-resnet", "fer-teacher-vgg")
     for k in ("command", "machine", "date"):
         assert run[k]
@@ -104,7 +104,7 @@ def test_end_to_end_files_and_keys(eval_run):
         rows = list(csv.DictReader(f))
     assert len(rows) == 6 and {r["model"] for r in rows} == {"bicubic", "affectsr-x4-lite"}
     assert all(r["identity_cos"] and r["teacher_sr_pred"] and r["nme_mouth"] for r in rows)
-    assert "its emotion loss trained against `fer-mini-xception`" in md
+    assert "its emotion loss trained against `fer-teacher-vgg`" in md
     with Image.open(out / "grid.png") as g:
         assert g.size[0] == 128 * 4  # LR | bicubic | affectsr-x4-lite | HR
 
@@ -143,12 +143,15 @@ def test_only_untrained_models_is_an_error_not_a_crash(face_folder, tmp_path, ca
 
 
 def test_the_judge_is_never_the_trainer(face_folder, tmp_path, capsys):
-    """affectsr-x4-lite's emotion loss used fer-mini-xception: neither it nor its fine-tune (-ft) may judge it."""
-    rc = main(["evaluate", "--model", "bicubic,affectsr-x4-lite", "--data", str(face_folder), "--scale", "4",
-               "--out", str(tmp_path / "o"), "--judge", "fer-mini-xception-ft", "--no-identity", "-q"])
-    assert rc == 2
-    assert "emotion loss trained against" in capsys.readouterr().err
-    assert not (tmp_path / "o").exists()
+    """affectsr-x8-lite's emotion loss used fer-mini-xception: neither it nor its fine-tune (-ft) may judge it;
+    the distilled affectsr-x4-lite's used fer-teacher-vgg, which may not judge it either."""
+    for model, scale, judge in (("affectsr-x8-lite", "8", "fer-mini-xception-ft"),
+                                ("affectsr-x4-lite", "4", "fer-teacher-vgg")):
+        rc = main(["evaluate", "--model", f"bicubic,{model}", "--data", str(face_folder), "--scale", scale,
+                   "--out", str(tmp_path / "o"), "--judge", judge, "--teacher", "none", "--no-identity", "-q"])
+        assert rc == 2
+        assert "emotion loss trained against" in capsys.readouterr().err
+        assert not (tmp_path / "o").exists()
 
 
 def test_judge_and_teacher_must_differ():
