@@ -15,7 +15,7 @@ from affectsr.data.dataset import FaceCache, make_batch
 from affectsr.data.trunk_cache import TrunkCacheConfig, build_trunk_cache
 from affectsr.metrics import quantize
 from affectsr.models import create_model, load_model, save_weights
-from affectsr.models.presets import FAST
+from affectsr.models.presets import FAST, OLD_PRIOR
 from affectsr.train import TrainConfig, train
 from affectsr.train.loop import _build_model
 from affectsr.train.teacher import FORMAT, TeacherOutputs, build_teacher_outputs
@@ -123,7 +123,7 @@ def test_kd_settings_are_checked(tiny_cache, tmp_path):
 
 def test_init_partial_starts_a_fast_prior_from_a_lite_file(tmp_path):
     torch.manual_seed(5)
-    lite = save_weights(create_model("affectsr-x4-lite"), tmp_path / "lite.safetensors", half=False)
+    lite = save_weights(create_model("affectsr-x4-lite", **OLD_PRIOR), tmp_path / "lite.safetensors", half=False)
     cfg = TrainConfig(model="affectsr-x4-lite", model_args=FAST_ARGS, init=str(lite))
     with pytest.raises(WeightsError, match="wrong shape"):  # the strict default refuses a partial fit
         _build_model(cfg)
