@@ -1,6 +1,10 @@
 """Writes docs/JUDGED.md from `affectsr evaluate` outputs of the shipped models (tools/judged_results.sh).
 
     python tools/make_judged.py --eval x4=.data/eval/judged-x4 x8=.data/eval/judged-x8 --out docs/JUDGED.md
+    python tools/make_judged.py --eval x4=NEW,.data/eval/judged-x4 ...   # rows of NEW replace the same models' rows
+
+Several folders for one scale (comma-separated) must hold the same faces and settings (checked); a model's row
+comes from the first folder that has it, so a re-evaluated model can replace its row without re-running the rest.
 
 Every number is read from those folders (summary.json, run.json, per_image.csv); the differences
 against bicubic come with paired-bootstrap 95 % intervals over the same faces, so that a gap the
@@ -15,6 +19,10 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from make_results import load_evaluations  # noqa: E402
 
 from affectsr.atomic import atomic_write  # noqa: E402
 from affectsr.evaluate import format_table  # noqa: E402
@@ -86,10 +94,13 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     page = [INTRO]
     for spec in args.eval:
-        label, _, folder = spec.partition("=")
-        folder = Path(folder)
-        run = json.loads((folder / "run.json").read_text())
-        summary = {**run, "models": json.loads((folder / "summary.json").read_text())}
+        label, _, spec_dirs = spec.partition("=")
+        folders = [Path(f) for f in spec_dirs.split(",")]
+        summary = load_evaluations(folders)  # first folder with a model gives its row; other faces are refused
+        rows: dict[str, dict[str, dict]] = {}
+        for folder in folders:
+            for name, per_image in _rows(folder).items():
+                rows.setdefault(name, per_image)
         s, hr = summary["scale"], summary["hr_size"]
         d = summary["data"]
         page += [f"## {label}: {hr // s} -> {hr} px", "",
@@ -97,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                  f"with {s} px border cropped; LR landmarks: {summary['landmarks']}.",
                  f"- Judge `{summary['judge']}`, teacher `{summary['teacher']}`.",
                  f"- Evaluated on: {summary['machine']}, {summary['date']}.",
-                 f"- Command: `{summary['command']}`", ""]
+                 *[f"- Command: `{c}`" for c in summary["commands"]], ""]
         page += [format_table(summary), ""]
         for name, m in summary["models"].items():
             if m.get("trained_with"):
@@ -106,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             page.append(f"- not evaluated: `{name}`: {why}")
         for note in summary.get("notes", []):
             page.append(f"- {note}")
-        page += ["", *_vs_bicubic(summary, _rows(folder)), ""]
+        page += ["", *_vs_bicubic(summary, rows), ""]
     text = "\n".join(page).rstrip() + "\n"
     atomic_write(args.out, lambda tmp: Path(tmp).write_text(text))
     print(f"wrote {args.out}")
