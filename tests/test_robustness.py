@@ -335,33 +335,15 @@ def test_video_stops_on_a_signal_at_any_point_and_removes_its_files(where, sig, 
 
     signum = getattr(signal, sig)
 
-    def send():
+    owner, name = {"model loading": (upscale, "Upscaler"), "first frame": (upscale, "upscale_frame"),
+                   "encoder flush": (io.VideoWriter, "finish")}[where]
+    real = getattr(owner, name)
+
+    def signal_then_call(*a, **k):  # a plain function: on VideoWriter it binds as the method, self in a
         os.kill(os.getpid(), signum)
+        return real(*a, **k)
 
-    if where == "model loading":
-        real = upscale.Upscaler
-
-        def loading(*a, **k):
-            send()
-            return real(*a, **k)
-
-        monkeypatch.setattr(upscale, "Upscaler", loading)
-    elif where == "first frame":
-        real_frame = upscale.upscale_frame
-
-        def frame(*a, **k):
-            send()
-            return real_frame(*a, **k)
-
-        monkeypatch.setattr(upscale, "upscale_frame", frame)
-    else:
-        real_finish = io.VideoWriter.finish
-
-        def finish(self):
-            send()
-            return real_finish(self)
-
-        monkeypatch.setattr(io.VideoWriter, "finish", finish)
+    monkeypatch.setattr(owner, name, signal_then_call)
     out = tmp_path / "new" / "out.mp4"
     before = signal.getsignal(signum)
     code, _, err = _cli(capsys, "video", str(face_clip), "-o", str(out), "--model", "affectsr-x4-lite", "-q")
