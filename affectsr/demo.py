@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .assets import default_face
-from .images import resize, save_image
+from .images import colour_tint, grey_copy, resize, save_image
 from .pipeline import Upscaler
 
 
@@ -47,17 +47,6 @@ def draw_landmarks(rgb: np.ndarray, landmarks: np.ndarray | None, scale: float) 
     return np.asarray(img)
 
 
-def grey_copy(rgb: np.ndarray) -> np.ndarray:
-    """``rgb`` as a greyscale photo (PIL's 'L' luma), kept H x W x 3."""
-    return np.repeat(np.asarray(Image.fromarray(rgb).convert("L"))[..., None], 3, axis=2)
-
-
-def colour_tint(rgb: np.ndarray) -> float:
-    """Mean |R - G| + |B - G| in levels: 0 for a grey image (issue 12's bar for a grey face at x8: <= 2)."""
-    c = rgb.astype(np.float64)
-    return float(np.mean(np.abs(c[..., 0] - c[..., 1]) + np.abs(c[..., 2] - c[..., 1])))
-
-
 def run_demo(out_dir: str | Path = "affectsr-demo", scale: int | None = None, model: str | None = None,
              size: int = 128, device: str | None = None, overwrite: bool = False) -> tuple[Path, dict]:
     """Make the demo picture ``out_dir/demo_x<scale>.png``; returns its path and a small report (model, trained,
@@ -67,13 +56,15 @@ def run_demo(out_dir: str | Path = "affectsr-demo", scale: int | None = None, mo
     only with ``overwrite`` (FileExistsError otherwise, before any upscaling), as ``upscale`` does.
     """
     out = Path(out_dir)
+    face = default_face(size)
     rows, report = [], {}
     with Upscaler(scale, model, device) as up:
         scale = up.scale
         path = out / f"demo_x{scale}.png"
         if path.exists() and not overwrite:
             raise FileExistsError(f"{path} exists (use --overwrite to replace it)")
-        for tag, hr in (("", default_face(size)), ("grey ", grey_copy(default_face(size)))):
+        for key, hr in (("", face), ("grey_", grey_copy(face))):  # report keys: psnr_bicubic, grey_psnr_bicubic, ...
+            tag = key.replace("_", " ")
             lr = resize(hr, (size // scale, size // scale))
             result = up(lr, aligned=True)
             bicubic = resize(lr, (size, size))
@@ -85,15 +76,9 @@ def run_demo(out_dir: str | Path = "affectsr-demo", scale: int | None = None, mo
                 (label, result.image),
                 (f"{tag}original {size}px", hr),
             ]))
-            key = tag.strip().replace(" ", "_")
-            if not key:
-                report.update(model=result.model_name, trained=result.trained,
-                              landmarks_found=result.faces[0].has_landmarks,
-                              psnr_bicubic=psnr(bicubic, hr), psnr_affectsr=psnr(result.image, hr))
-            else:
-                report.update({f"{key}_landmarks_found": result.faces[0].has_landmarks,
-                               f"{key}_psnr_bicubic": psnr(bicubic, hr), f"{key}_psnr_affectsr": psnr(result.image, hr),
-                               f"{key}_tint": colour_tint(result.image)})
+            report.update({f"{key}landmarks_found": result.faces[0].has_landmarks, f"{key}tint": colour_tint(result.image),
+                           f"{key}psnr_bicubic": psnr(bicubic, hr), f"{key}psnr_affectsr": psnr(result.image, hr)})
+        report.update(model=result.model_name, trained=result.trained)
     picture = np.concatenate([np.asarray(r) for r in rows], axis=0)
     save_image(path, picture, overwrite=overwrite)
     return path, report

@@ -32,6 +32,8 @@ __all__ = [
     "ImageReadError",
     "LoadedImage",
     "bicubic_down",
+    "colour_tint",
+    "grey_copy",
     "iter_image_files",
     "output_suffix",
     "read_image",
@@ -40,6 +42,17 @@ __all__ = [
     "to_rgb_uint8",
     "too_large_message",
 ]
+
+def colour_tint(rgb: np.ndarray) -> float:
+    """Mean |R - G| + |B - G| of an H x W x 3 image, in levels: 0 for a grey image."""
+    c = rgb.astype(np.float64)
+    return float(np.mean(np.abs(c[..., 0] - c[..., 1]) + np.abs(c[..., 2] - c[..., 1])))
+
+
+def grey_copy(rgb: np.ndarray) -> np.ndarray:
+    """An H x W x 3 uint8 photo in greyscale (PIL's 'L', ITU-R 601 luma), kept H x W x 3."""
+    return np.repeat(np.asarray(Image.fromarray(rgb).convert("L"))[..., None], 3, axis=2)
+
 
 MAX_INPUT_PIXELS: int = 40_000_000
 """Inputs with more pixels are refused before decoding (about 120 MB as RGB)."""

@@ -12,7 +12,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["gauss_window", "psnr_y", "quantize", "rgb_to_y", "ssim_y", "to_tensor"]
+__all__ = ["LUMA", "gauss_window", "luma", "psnr_y", "quantize", "rgb_to_y", "ssim_y", "to_tensor"]
+
+LUMA = (0.299, 0.587, 0.114)
+"""ITU-R BT.601 luma weights, as OpenCV's RGB2GRAY and PIL's 'L' (what FER2013's pipeline and the `fer` package
+use); :func:`rgb_to_y` is the same weights scaled to the [16, 235] range."""
+
+
+def luma(x: torch.Tensor) -> torch.Tensor:
+    """B x 3 x H x W RGB -> B x 1 x H x W BT.601 luma, in the range of ``x``."""
+    return (x * x.new_tensor(LUMA).view(1, 3, 1, 1)).sum(dim=1, keepdim=True)
 
 
 def rgb_to_y(x: torch.Tensor) -> torch.Tensor:

@@ -23,6 +23,7 @@ from .images import LoadedImage, read_image, resize, save_image, to_rgb_uint8
 from .landmarks import FaceBox, LandmarkDetector
 from .landmarks.detector import check_min_face, is_greyscale
 from .landmarks.predictor import default_predictor_path, get_landmarks, load_predictor
+from .metrics import luma
 from .models import PRESETS, WeightsNotFoundError, create_model, load_model
 from .models.presets import default_model
 from .types import SCALES, SRModel, check_landmark_mode, check_scale
@@ -53,11 +54,10 @@ def broken_output(crop: np.ndarray, sr: torch.Tensor) -> str | None:
 def grey_out(sr: torch.Tensor) -> torch.Tensor:
     """B x 3 x H x W RGB -> the same with R = G = B = its luma (BT.601 weights, those of PSNR-Y's Y).
 
-    The luma is a weighted mean of the channels with the weights of :func:`affectsr.metrics.rgb_to_y`,
-    so the Y channel that PSNR/SSIM read is kept (up to rounding) and only the colour goes.
+    :func:`affectsr.metrics.luma` has the weights of :func:`affectsr.metrics.rgb_to_y`, so the Y channel
+    that PSNR/SSIM read is kept (up to rounding) and only the colour goes.
     """
-    w = sr.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
-    return (sr * w).sum(1, keepdim=True).expand_as(sr).contiguous()
+    return luma(sr).expand_as(sr).contiguous()
 
 
 @dataclass

@@ -236,7 +236,7 @@ def test_grey_face_stays_grey_and_keeps_its_luma():
     """Issue 12: a greyscale face comes out greyscale (mean |R-G| + |B-G| <= 2 levels; here exactly 0), and the
     rule only removes colour: the Y that PSNR-Y reads is the network's own, to rounding."""
     from affectsr.assets import default_face
-    from affectsr.demo import colour_tint, grey_copy
+    from affectsr.images import colour_tint, grey_copy
     from affectsr.metrics import rgb_to_y
     from affectsr.pipeline import grey_out
 

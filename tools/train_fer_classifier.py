@@ -57,6 +57,7 @@ from affectsr.emotion.evaluate import DatasetReport, format_report, load_face_se
 from affectsr.emotion.faces import FER_MARGIN, largest_face  # noqa: E402
 from affectsr.emotion.metrics import confusion_matrix  # noqa: E402
 from affectsr.images import read_image, resize  # noqa: E402
+from affectsr.metrics import LUMA  # noqa: E402
 from affectsr.faces import crop_padded  # noqa: E402
 
 LOOSE_MARGIN = 0.6
@@ -68,7 +69,7 @@ WIDE_MARGIN = 1.0
 WIDE_SIZE = 80
 CANVAS = 48
 """Augmented crops are rendered at 48 px (FER2013's side); the wrapper's own resize then takes them to ``input_size``."""
-_LUMA = torch.tensor([0.299, 0.587, 0.114])
+_LUMA = torch.tensor(LUMA)
 
 
 # ----------------------------------------------------------------------------- data

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..metrics import luma
 from ..weights import WEIGHTS_DIR, load_state, make_config, read_weights, shipped_names, write_weights
 from .nets import ResNet, VGGNet
 
@@ -48,10 +49,6 @@ TEACHER_CLASSIFIER = "fer-teacher-vgg"
 """Trained here from scratch on FER2013 (all 28,709 Training images) + CK+ + taiwanese_expr train: for training losses."""
 JUDGE_CLASSIFIER = "fer-judge-resnet"
 """Different architecture and seed, same data, never used by a training loss: for judging SR output."""
-
-# ITU-R BT.601 luma, as OpenCV's RGB2GRAY (what FER2013's pipeline and the `fer` package use).
-_LUMA = (0.299, 0.587, 0.114)
-
 
 @dataclass(frozen=True)
 class ClassifierConfig:
@@ -179,8 +176,7 @@ def to_model_input(images: torch.Tensor, size: int) -> torch.Tensor:
     if not images.is_floating_point():
         raise TypeError(f"expected a float tensor in [0, 1], got {images.dtype} (divide uint8 images by 255)")
     if images.shape[1] == 3:
-        w = images.new_tensor(_LUMA).view(1, 3, 1, 1)
-        grey = (images * w).sum(dim=1, keepdim=True)
+        grey = luma(images)  # BT.601, as OpenCV's RGB2GRAY (what FER2013's pipeline and the `fer` package use)
     else:
         grey = images
     h, w_ = grey.shape[-2:]

@@ -32,7 +32,7 @@ from PIL import Image, ImageDraw
 
 from ..assets import default_scene
 from ..faces import crop_padded
-from ..images import read_image, resize
+from ..images import grey_copy, read_image, resize
 from ..runinfo import machine, today
 from .detector import DEFAULT_MIN_FACE, TILE, FaceBox, LandmarkDetector, fine_pixels
 
@@ -497,7 +497,7 @@ def picture(detector: LandmarkDetector, seed: int = 0, min_face: float = DEFAULT
     bg = fill_frame(rng, dict(backgrounds(("coffee",)))["coffee"], (1280, 720))
     sizes = [12, 14, 16, 18, 20, 24, 28, 32, 40, 48, 64, 96, 128]
     scene = build_scene(rng, bg, sources, sizes, "astronaut on coffee")
-    grey = np.repeat(to_grey(scene.rgb)[..., None], 3, 2)
+    grey = grey_copy(scene.rgb)
     scene.rgb[:, :640] = grey[:, :640]  # one image: the left half grey, the right half colour
     boxes = _boxes(detector.detect_faces(scene.rgb, min_face=min_face))
     found, fp = match(boxes, scene.boxes)

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from affectsr.images import ImageReadError, resize, to_rgb_uint8
+from affectsr.images import ImageReadError, colour_tint, resize, to_rgb_uint8
 
 __all__ = ["DEFAULT_MIN_FACE", "NUM_LANDMARKS", "FaceBox", "LandmarkDetector", "TILE", "box_iou", "is_greyscale", "pyramid_sizes",
            "shared_detector", "skin_tint", "fine_pixels"]
@@ -234,11 +234,8 @@ def is_greyscale(rgb: np.ndarray) -> bool:
 
     Looks at every 4th pixel of every 4th row (a 1080p frame costs about a millisecond).
     """
-    sample = rgb[::4, ::4].astype(np.int16)
-    if sample.size == 0:
-        return False
-    chroma = np.abs(sample[..., 0] - sample[..., 1]) + np.abs(sample[..., 1] - sample[..., 2])
-    return float(chroma.mean()) < _GREY_TOLERANCE
+    sample = rgb[::4, ::4]
+    return sample.size > 0 and colour_tint(sample) < _GREY_TOLERANCE
 
 
 def skin_tint(rgb: np.ndarray) -> np.ndarray:

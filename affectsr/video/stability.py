@@ -21,6 +21,7 @@ from ..emotion.faces import classify_crops, fer_crop
 from ..faces import crop_padded
 from ..landmarks import FaceBox
 from ..landmarks.predictor import LEFT_EYE_OUTER, RIGHT_EYE_OUTER
+from ..metrics import LUMA
 from ..warp import apply_affine, warp_image
 
 __all__ = ["FaceRecord", "FaceSample", "Motion", "StabilityMeter", "estimate_flow", "fer_change", "inter_ocular", "js_divergence",
@@ -46,7 +47,7 @@ class FaceRecord:
 
 def _grey(img: np.ndarray) -> np.ndarray:
     img = np.asarray(img, np.float32)
-    return img @ np.array([0.299, 0.587, 0.114], np.float32) if img.ndim == 3 else img
+    return img @ np.array(LUMA, np.float32) if img.ndim == 3 else img
 
 
 def estimate_flow(prev: np.ndarray, cur: np.ndarray, radius: int = 7) -> np.ndarray:
