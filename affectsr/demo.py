@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .assets import default_face
-from .images import colour_tint, grey_copy, resize, save_image
+from .images import colour_tint, grey_copy, grid_strength, resize, save_image
 from .pipeline import Upscaler
 
 
@@ -50,7 +50,7 @@ def draw_landmarks(rgb: np.ndarray, landmarks: np.ndarray | None, scale: float) 
 def run_demo(out_dir: str | Path = "affectsr-demo", scale: int | None = None, model: str | None = None,
              size: int = 128, device: str | None = None, overwrite: bool = False) -> tuple[Path, dict]:
     """Make the demo picture ``out_dir/demo_x<scale>.png``; returns its path and a small report (model, trained,
-    PSNRs, the grey row's colour tint).
+    PSNRs, the grey row's colour tint, each row's grid strength and bicubic's).
 
     ``scale=None``: the model's scale, or 4 when no model is named. An existing picture is replaced
     only with ``overwrite`` (FileExistsError otherwise, before any upscaling), as ``upscale`` does.
@@ -77,7 +77,8 @@ def run_demo(out_dir: str | Path = "affectsr-demo", scale: int | None = None, mo
                 (f"{tag}original {size}px", hr),
             ]))
             report.update({f"{key}landmarks_found": result.faces[0].has_landmarks, f"{key}tint": colour_tint(result.image),
-                           f"{key}psnr_bicubic": psnr(bicubic, hr), f"{key}psnr_affectsr": psnr(result.image, hr)})
+                           f"{key}psnr_bicubic": psnr(bicubic, hr), f"{key}psnr_affectsr": psnr(result.image, hr),
+                           f"{key}grid": grid_strength(result.image, scale), f"{key}grid_bicubic": grid_strength(bicubic, scale)})
         report.update(model=result.model_name, trained=result.trained)
     picture = np.concatenate([np.asarray(r) for r in rows], axis=0)
     save_image(path, picture, overwrite=overwrite)

@@ -302,3 +302,22 @@ def test_float_arrays_in_0_255_are_refused() -> None:
     """A 0..255 float image would otherwise come out white: refuse it with the fix in the message."""
     with pytest.raises(ImageReadError, match="divide by 255"):
         to_rgb_uint8(np.full((4, 4, 3), 200.0, dtype=np.float32))
+
+
+def test_grid_strength_sees_the_input_pixel_grid():
+    """A nearest-neighbour x8 upscale steps only at the LR pixel borders; bicubic is smooth across them; a
+    one-pixel shift of the blocks moves the steps off the grid (so the measure looks at the grid, not at edges)."""
+    from affectsr.assets import default_face
+    from affectsr.images import grid_strength, resize
+
+    face = default_face(128)
+    lr = resize(face, (16, 16))
+    nearest = np.repeat(np.repeat(lr, 8, axis=0), 8, axis=1)
+    smooth = resize(lr, (128, 128))
+    assert grid_strength(nearest, 8) == float("inf")
+    assert 0.8 < grid_strength(smooth, 8) < 1.4
+    blocky = (0.7 * smooth + 0.3 * nearest).astype(np.uint8)
+    assert grid_strength(blocky, 8) > 1.5 * grid_strength(smooth, 8)
+    shifted = np.roll(blocky, 3, axis=(0, 1))
+    assert grid_strength(shifted, 8) < grid_strength(blocky, 8) / 1.5
+    assert grid_strength(np.zeros((16, 16, 3), np.uint8), 8) == 1.0

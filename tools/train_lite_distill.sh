@@ -25,11 +25,13 @@ TRUNK=${TRUNK:?TRUNK=<frozen-trunk cache of the teacher, affectsr cache-trunk --
 OUT=${OUT:-.data/runs/distill-x$SCALE}
 STEPS=${STEPS:-2400}
 PRESET=affectsr-x$SCALE-lite
+# the teacher: the shipped full preset, or a run's model.safetensors (copy it first: a running training rewrites it)
+TEACHER=${TEACHER:-affectsr-x$SCALE}
 mkdir -p "$OUT"
 INIT=${INIT:-$OUT/init-$PRESET.safetensors}
 [ -f "$INIT" ] || cp "affectsr/weights/$PRESET.safetensors" "$INIT"
 if [ ! -f "$OUT/teacher.npz" ]; then
-  OMP_NUM_THREADS=1 $PY -m affectsr cache-teacher --teacher "affectsr-x$SCALE" --data ${DATA//,/ } \
+  OMP_NUM_THREADS=1 $PY -m affectsr cache-teacher --teacher "$TEACHER" --data ${DATA//,/ } \
     --trunk-cache "$TRUNK" --out "$OUT/teacher.npz" --threads 1 -q
 fi
 FAST_ARGS=$($PY -c "from affectsr.models.presets import FAST; print(';'.join(f'{k}={v}' for k, v in FAST['$PRESET'].items()))")

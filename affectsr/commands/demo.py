@@ -36,5 +36,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"landmarks found on the LR face: {'yes' if rep['landmarks_found'] else 'no'}")
     print(f"RGB PSNR vs original: bicubic {rep['psnr_bicubic']:.2f} dB, {rep['model']} {rep['psnr_affectsr']:.2f} dB")
     print(f"grey copy: RGB PSNR bicubic {rep['grey_psnr_bicubic']:.2f} dB, {rep['model']} {rep['grey_psnr_affectsr']:.2f} dB; "
-          f"colour tint of the output {rep['grey_tint']:.2f} levels (0 = grey)")
+          f"colour tint of the output {rep['grey_tint']:.2f} levels (0 = grey), "
+          f"grid strength {rep['grey_grid']:.2f} (bicubic {rep['grey_grid_bicubic']:.2f}; 1 = no step at the LR pixel grid)")
     return 0
