@@ -36,8 +36,12 @@ def role(name: str, scale: str) -> tuple[str, str]:
     if name == f"affectsr-{scale}":
         return "**ours**", "AffectSRNet nf64 nb23 from Real-ESRGAN, frozen trunk, prior + GCN + MSAF, bicubic skip"
     if name.endswith("-lite") and name.startswith("affectsr"):
-        return "context", "the shipped -lite preset (nf32 nb3, from scratch)"
-    return "baseline", "shipped baseline preset (~0.5 M parameters, from scratch)"
+        path = shipped(name)
+        cfg = json.loads(read_metadata(path, "sr").get("train_config") or "{}") if path is not None else {}
+        taught = bool(cfg.get("teacher")) and float(cfg.get("lambda_kd") or 0) > 0
+        return "fast", ("the shipped -lite preset (nf32 nb3, cheap prior), distilled from the full preset" if taught
+                        else "the shipped -lite preset (nf32 nb3, from scratch)")
+    return "baseline", "shipped baseline preset, trained from scratch on the same faces (steps in the table)"
 
 
 def training(name: str) -> str:
@@ -55,21 +59,40 @@ def training(name: str) -> str:
     return f"{steps} steps, {minutes:.0f} min"
 
 
+def _reader(summary: dict) -> str:
+    """Who read the expression columns: the held-apart judge (evaluations since issue 13) or, in older folders,
+    the one classifier they had."""
+    if summary.get("judge"):
+        return (f"the judge `{summary['judge']}` (no training loss uses it; the teacher's reading is in "
+                f"[JUDGED.md](JUDGED.md))")
+    return f"`{summary['classifier']}`"
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def _num(x: float | None, fmt: str) -> str:
+    return "n/a" if x is None else format(x, fmt)
+
+
 def scale_section(key: str, summary: dict, run: Path | None) -> list[str]:
     ms, d = summary["models"], summary["data"]
     bic = ms["bicubic"]
     lines = [f"### {key}: {summary['hr_size'] // summary['scale']} -> {summary['hr_size']} px", "",
              f"- Test faces: {summary['faces']} ({d['path']}, split {d['split']}); PSNR/SSIM on Y with {summary['scale']} px "
-             f"border cropped; FER classifier `{summary['classifier']}`; LR landmarks: {summary['landmarks']}.",
+             f"border cropped; expression (ECM, agreement, KL) read by "
+             f"{_reader(summary)}; LR landmarks: {summary['landmarks']}.",
              f"- Evaluated on: {summary['machine']}, {summary['date']}.",
              *[f"- Command: `{c}`" for c in summary["commands"]], "",
-             "| model | role | training | PSNR-Y | Δ bicubic | SSIM-Y | ECM ↓ | agreement ↑ | mean KL ↓ |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+             "| model | role | training | PSNR-Y | Δ bicubic | SSIM-Y | ECM ↓ | agreement ↑ | mean KL ↓ | identity kept ↑ | NME mouth ↓ |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, m in ms.items():
         r, _ = role(name, key)
         dd = "-" if name == "bicubic" else f"{m['psnr'] - bic['psnr']:+.2f}"
         lines.append(f"| {name} | {r} | {training(name)} | {m['psnr']:.2f} | {dd} | {m['ssim']:.4f} | {m['ecm']:.3f} | "
-                     f"{100 * m['agreement']:.1f}% | {m.get('kl', float('nan')):.3f} |")
+                     f"{100 * m['agreement']:.1f}% | {m.get('kl', float('nan')):.3f} | {_pct(m.get('identity_kept'))} | "
+                     f"{_num(m.get('nme_mouth'), '.4f')} |")
     lines += ["", "Rows: " + "; ".join(f"`{n}`: {role(n, key)[1]}" for n in ms if n != "bicubic") + ".", ""]
     if run is not None and (run / "config.json").is_file():
         cfg = json.loads((run / "config.json").read_text())
