@@ -65,16 +65,21 @@ class GCNLayer(nn.Module):
         self.register_buffer("adj_weight", weight, persistent=False)
         nn.init.xavier_uniform_(self.lin.weight)
 
-    def forward(self, x: torch.Tensor, adj: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        index, weight = adj if adj is not None else (self.adj_index, self.adj_weight)
+    def forward(self, x: torch.Tensor, adj: tuple[torch.Tensor, torch.Tensor] | None = None,
+                weight: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """Â X W^T + b; ``weight`` and ``bias`` replace the layer's own (:meth:`GCN.forward` passes them to fold a
+        linear map that follows the layer into it)."""
+        index, adj_weight = adj if adj is not None else (self.adj_index, self.adj_weight)
         if index is None:
             raise ValueError("GCNLayer built without an adjacency needs one in forward(x, (index, weight))")
+        if weight is None:
+            weight, bias = self.lin.weight, self.bias
         # (Â X) W == Â (X W): propagate whichever side has fewer channels
-        if self.lin.in_features < self.lin.out_features:
-            out = self.lin(propagate(x, index, weight))
+        if weight.shape[1] < weight.shape[0]:
+            out = F.linear(propagate(x, index, adj_weight), weight)
         else:
-            out = propagate(self.lin(x), index, weight)
-        return out if self.bias is None else out + self.bias
+            out = propagate(F.linear(x, weight), index, adj_weight)
+        return out if bias is None else out + bias
 
 
 class GCN(nn.Module):
@@ -88,12 +93,19 @@ class GCN(nn.Module):
         self.layers = nn.ModuleList(GCNLayer(a, b) for a, b in zip(dims[:-1], dims[1:]))
         self.act = nn.LeakyReLU(0.2)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, then: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """B x N x dims[0] -> B x N x dims[-1]; with ``then = (P, p)``, the linear map ``h -> h P^T + p`` applied to
+        the output, folded into the last layer: (Â X W^T + b) P^T + p = Â X (P W)^T + (P b + p), so Â propagates
+        P's rows instead of the layer's channels (the same numbers up to float rounding)."""
         # Â's weights as propagate's traced MatMul takes them (N x 1 x D), shaped once for all layers and with
         # N read from x: the ONNX exporter folds a reshape of a constant into a copy of the table per layer
         adj = (self.adj_index, self.adj_weight.view(x.shape[1], 1, -1))
-        for i, layer in enumerate(self.layers):
-            x = layer(x, adj)
-            if i < len(self.layers) - 1:
-                x = self.act(x)
-        return x
+        for layer in self.layers[:-1]:
+            x = self.act(layer(x, adj))
+        last = self.layers[-1]
+        if then is None:
+            return last(x, adj)
+        weight, bias = then
+        if last.bias is not None:
+            bias = torch.addmv(bias, weight, last.bias)
+        return last(x, adj, weight @ last.lin.weight, bias)

@@ -30,7 +30,8 @@ class MSAF(nn.Module):
         # one excitation head per modality and group: logits for every channel of that block
         self.excite = nn.Linear(hidden, num_modalities * channels)
 
-    def forward(self, *feats: torch.Tensor) -> torch.Tensor:
+    def attention(self, *feats: torch.Tensor) -> torch.Tensor:
+        """B x M x C weights of each modality's channels (a softmax over the modalities)."""
         if len(feats) != self.m:
             raise ValueError(f"MSAF expects {self.m} modalities, got {len(feats)}")
         c = feats[0].shape[1]  # the batch is -1 in the views below: it may be 0 in an exported graph
@@ -38,7 +39,10 @@ class MSAF(nn.Module):
         # linear) reads each map once instead of stacking them into a B x M x C x H x W copy
         pooled = torch.stack([f.mean((-2, -1)) for f in feats], 1)  # B x M x C
         joint = pooled.view(-1, self.m * self.groups, c // self.groups).sum(1)
-        attn = self.excite(self.squeeze(joint)).view(-1, self.m, c).softmax(1)[..., None, None]  # over modalities
+        return self.excite(self.squeeze(joint)).view(-1, self.m, c).softmax(1)
+
+    def forward(self, *feats: torch.Tensor) -> torch.Tensor:
+        attn = self.attention(*feats)[..., None, None]
         out = feats[0] * attn[:, 0]
         for k in range(1, self.m):
             out = torch.addcmul(out, feats[k], attn[:, k])
@@ -64,5 +68,23 @@ class FusionBlock(nn.Module):
         nn.init.zeros_(self.proj.bias)
 
     def forward(self, x: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
-        fused = self.fuse(x, prior) if self.fuse is not None else torch.cat([x, prior], 1)
-        return x + self.proj(fused)
+        if self.fuse is None:
+            return x + self.proj(torch.cat([x, prior], 1))
+        if torch.jit.is_tracing():  # ONNX Runtime fuses the ops of this form itself
+            return x + self.proj(self.fuse(x, prior))
+        return self._folded(x, prior)
+
+    def _folded(self, x: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
+        """``x + proj(a0 x + a1 prior)`` as ``(I + W diag a0) x + (W diag a1) prior + b``: the attention folded into
+        the 1x1 conv's weights, two batched matmuls that write one map where the plain form writes four."""
+        a = self.fuse.attention(x, prior)  # B x 2 x C
+        b, c, h, w = x.shape
+        weight = self.proj.weight.view(c, c)  # out x in
+        w0 = weight * a[:, :1] + torch.eye(c, dtype=x.dtype, device=x.device)  # B x out x in
+        w1 = weight * a[:, 1:]
+        if x.is_contiguous(memory_format=torch.channels_last):  # the output keeps x's layout, as x + proj(..) does
+            xf, pf = (t.permute(0, 2, 3, 1).reshape(b, h * w, c) for t in (x, prior))  # B x HW x C (views if CL)
+            out = torch.baddbmm(self.proj.bias, xf, w0.transpose(1, 2))
+            return out.baddbmm_(pf, w1.transpose(1, 2)).view(b, h, w, c).permute(0, 3, 1, 2)
+        out = torch.baddbmm(self.proj.bias[:, None], w0, x.reshape(b, c, h * w))
+        return out.baddbmm_(w1, prior.reshape(b, c, h * w)).view(b, c, h, w)

@@ -33,21 +33,25 @@ def gaussian_1d(coord: torch.Tensor, n: int, sigma: float) -> torch.Tensor:
     return torch.exp((d * d).mul(-0.5 / sigma**2).clamp(min=EXP_FLOOR))
 
 
-def gaussian_splat(nodes: torch.Tensor, xy: torch.Tensor, size: tuple[int, int], sigma: float) -> torch.Tensor:
+def gaussian_splat(nodes: torch.Tensor, xy: torch.Tensor, size: tuple[int, int], sigma: float,
+                   density: bool = True) -> torch.Tensor:
     """Place node features on an H x W grid: map[c,h,w] = sum_n f[n,c] g_n(h, w).
 
     g_n is an isotropic Gaussian at the node's position; ``sigma`` is a fraction of the
     grid side. The Gaussian is separable, so we contract over nodes with one batched matmul
-    of (C*H x N) by (N x W) and never build the N x H x W tensor (31M floats at 256 px).
-    A last channel carries the density sum_n g_n (where the face is).
+    of (H x N) by (N x W*C) and never build the N x H x W tensor (31M floats at 256 px).
+    With ``density``, a last channel carries the density sum_n g_n (where the face is); without, ``nodes``
+    already holds it (a feature of 1 on every node, as :class:`SpatialPrior` makes it).
     """
-    n, c = nodes.shape[1:]
+    feats = torch.cat([nodes, torch.ones_like(nodes[..., :1])], -1) if density else nodes
+    n, c = feats.shape[1:]
     h, w = size
     gy = gaussian_1d(xy[..., 1], h, sigma)  # B x N x H
     gx = gaussian_1d(xy[..., 0], w, sigma)  # B x N x W
-    feats = torch.cat([nodes, torch.ones_like(nodes[..., :1])], -1)  # + density channel
-    left = (feats.unsqueeze(-1) * gy.unsqueeze(2)).reshape(-1, n, (c + 1) * h)  # B x N x (C+1)H
-    return torch.bmm(left.transpose(1, 2), gx).view(-1, c + 1, h, w)  # B as -1: it may be 0 in ONNX
+    # H x N by N x WC: the map comes out channels-last (B x H x W x C, the batch as -1: it may be 0 in ONNX),
+    # returned as its NCHW view, which PyTorch's convs take as it is (2x faster than an NCHW map at 128 px)
+    right = (gx.unsqueeze(-1) * feats.unsqueeze(2)).reshape(-1, n, w * c)  # B x N x WC
+    return torch.bmm(gy.transpose(1, 2), right).view(-1, h, w, c).permute(0, 3, 1, 2)
 
 
 class GaussianSplat(nn.Module):
@@ -57,8 +61,8 @@ class GaussianSplat(nn.Module):
         super().__init__()
         self.sigma = sigma
 
-    def forward(self, nodes: torch.Tensor, xy: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        return gaussian_splat(nodes, xy, size, self.sigma)
+    def forward(self, nodes: torch.Tensor, xy: torch.Tensor, size: tuple[int, int], density: bool = True) -> torch.Tensor:
+        return gaussian_splat(nodes, xy, size, self.sigma, density)
 
     def extra_repr(self) -> str:
         return f"sigma={self.sigma}"
@@ -92,12 +96,26 @@ class SpatialPrior(nn.Module):
             for _ in range(num_scales)
         )
 
+    def splat_features(self, landmarks: torch.Tensor) -> list[torch.Tensor]:
+        """Each projection's B x N x (splat_channels + 1) node features, the last one the density's 1.
+
+        The projections and the density follow the GCN's last layer, which is linear, so they are folded into it
+        as one map (:meth:`GCN.forward`'s ``then``; a zero row with bias 1 gives the density): the GCN propagates
+        (splat_channels + 1) x projections channels instead of its last width, in one op instead of one per scale.
+        """
+        weights, biases = [], []
+        for proj in self.to_splat:
+            weights += [proj.weight, proj.weight.new_zeros(1, proj.in_features)]
+            biases += [proj.bias, proj.bias.new_ones(1)]
+        feats = self.gcn(landmarks, (torch.cat(weights), torch.cat(biases)))
+        return list(feats.split(self.to_splat[0].out_features + 1, -1))
+
     def forward(self, landmarks: torch.Tensor, sizes: list[tuple[int, int]]) -> list[torch.Tensor]:
-        nodes = self.gcn(landmarks)
+        feats = self.splat_features(landmarks)
         xy = landmarks[..., :2]
         if not self.splat_once:
-            return [head(self.splat(proj(nodes), xy, s)) for proj, head, s in zip(self.to_splat, self.heads, sizes)]
-        maps = [self.splat(self.to_splat[0](nodes), xy, sizes[-1])]
+            return [head(self.splat(f, xy, s, density=False)) for f, head, s in zip(feats, self.heads, sizes)]
+        maps = [self.splat(feats[0], xy, sizes[-1], density=False)]
         for _ in sizes[:-1]:
             maps.insert(0, F.avg_pool2d(maps[0], 2))
         return [head(m) for head, m in zip(self.heads, maps)]

@@ -24,6 +24,12 @@ from torch import nn
 FuseFn = Callable[[int, torch.Tensor], torch.Tensor]
 
 
+def channels_last(x: torch.Tensor) -> bool:
+    """Whether to run a CPU inference pass channels-last (an exact speedup, README speed tables): outside autograd
+    (training keeps the layout it was tuned in) and outside tracing (an exported graph has no memory format)."""
+    return x.device.type == "cpu" and not torch.is_grad_enabled() and not torch.jit.is_tracing()
+
+
 class ResidualDenseBlock_5C(nn.Module):  # noqa: N801 (ESRGAN's name, kept for checkpoint parity)
     """Five 3x3 convs with dense connections; output scaled by 0.2 and added to the input."""
 
@@ -83,7 +89,10 @@ class RRDBNet(nn.Module):
         self.lrelu = nn.LeakyReLU(negative_slope=0.2, inplace=True)
 
     def forward(self, x: torch.Tensor, fuse: FuseFn | None = None) -> torch.Tensor:
-        return self.head(self.trunk(x), fuse)
+        if not channels_last(x):
+            return self.head(self.trunk(x), fuse)
+        # the same convs on channels-last tensors, which oneDNN runs ~1.25x faster on the CPU; NCHW out, as ever
+        return self.head(self.trunk(x.contiguous(memory_format=torch.channels_last)), fuse).contiguous()
 
     def trunk(self, x: torch.Tensor) -> torch.Tensor:
         """conv_first, the RRDB blocks, trunk_conv and the trunk residual: the LR-resolution features."""
