@@ -107,5 +107,5 @@ class GCN(nn.Module):
             return last(x, adj)
         weight, bias = then
         if last.bias is not None:
-            bias = torch.addmv(bias, weight, last.bias)
+            bias = bias + weight @ last.bias
         return last(x, adj, weight @ last.lin.weight, bias)

@@ -70,7 +70,7 @@ class FusionBlock(nn.Module):
     def forward(self, x: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
         if self.fuse is None:
             return x + self.proj(torch.cat([x, prior], 1))
-        if torch.jit.is_tracing():  # ONNX Runtime fuses the ops of this form itself
+        if torch.jit.is_tracing():  # ONNX Runtime runs both forms as fast (a paired A/B): export the plain one
             return x + self.proj(self.fuse(x, prior))
         return self._folded(x, prior)
 

@@ -48,8 +48,11 @@ def gaussian_splat(nodes: torch.Tensor, xy: torch.Tensor, size: tuple[int, int],
     h, w = size
     gy = gaussian_1d(xy[..., 1], h, sigma)  # B x N x H
     gx = gaussian_1d(xy[..., 0], w, sigma)  # B x N x W
-    # H x N by N x WC: the map comes out channels-last (B x H x W x C, the batch as -1: it may be 0 in ONNX),
-    # returned as its NCHW view, which PyTorch's convs take as it is (2x faster than an NCHW map at 128 px)
+    if torch.jit.is_tracing():  # ONNX Runtime's convs want NCHW: CH x N by N x W (the batch as -1: it may be 0)
+        left = (feats.unsqueeze(-1) * gy.unsqueeze(2)).reshape(-1, n, c * h)  # B x N x CH
+        return torch.bmm(left.transpose(1, 2), gx).view(-1, c, h, w)
+    # H x N by N x WC: the map comes out channels-last (B x H x W x C), returned as its NCHW view, which
+    # PyTorch's convs take as it is (2x faster than an NCHW map at 128 px)
     right = (gx.unsqueeze(-1) * feats.unsqueeze(2)).reshape(-1, n, w * c)  # B x N x WC
     return torch.bmm(gy.transpose(1, 2), right).view(-1, h, w, c).permute(0, 3, 1, 2)
 

@@ -233,3 +233,95 @@ def test_eager_and_traced_propagation_agree(adjacency, monkeypatch):
     eager = propagate(x, index, weight)
     monkeypatch.setattr(torch.jit, "is_tracing", lambda: True)  # the gather + matmul an ONNX export records
     torch.testing.assert_close(propagate(x, index, weight), eager, atol=1e-6, rtol=1e-6)
+
+
+# ----------------------------------------------------------- the exact speedups of the eager CPU pass
+def _reference_forward(model: AffectSRNet, lr: torch.Tensor, lm: torch.Tensor) -> torch.Tensor:
+    """AffectSRNet's forward as main computed it at 2cbb514 (every face with landmarks): NCHW throughout, the GCN
+    then one projection per splat, the splat of :func:`_splat_before` with its density channel, and MSAF's
+    weighted sum followed by the fusion's 1x1 conv."""
+    prior, bb = model.prior, model.backbone
+    h, w = lr.shape[-2:]
+    sizes = [(h * 2**k, w * 2**k) for k in range(len(model.fusions))]
+    nodes, xy = prior.gcn(lm), lm[..., :2]
+    if prior.splat_once:
+        maps = [_splat_before(prior.to_splat[0](nodes), xy, sizes[-1], prior.sigma)]
+        for _ in sizes[:-1]:
+            maps.insert(0, F.avg_pool2d(maps[0], 2))
+    else:
+        maps = [_splat_before(proj(nodes), xy, s, prior.sigma) for proj, s in zip(prior.to_splat, sizes)]
+    priors = [head(m) for head, m in zip(prior.heads, maps)]
+
+    def fuse(i: int, fea: torch.Tensor) -> torch.Tensor:
+        f = model.fusions[i] if i < len(priors) else None
+        return fea if f is None else fea + f.proj(f.fuse(fea, priors[i]))
+
+    out = bb.head(bb.trunk(lr), fuse)  # trunk() and head() directly: the NCHW pass
+    if model.config.residual:
+        out = out + F.interpolate(lr, scale_factor=model.scale, mode="bicubic", align_corners=False)
+    return out
+
+
+def _random_full(name: str) -> AffectSRNet:
+    model = create_model(name).eval()
+    _perturb_fusion(model)  # fresh fusions are zero: make the prior count
+    return model
+
+
+@pytest.mark.parametrize("name", ["affectsr-x4-lite", "affectsr-x8-lite", "affectsr-x8", "random affectsr-x8",
+                                  "random affectsr-x4"])
+def test_optimised_pass_equals_the_reference_pass(name):
+    """The CPU inference pass (channels-last RRDB, channels-last splat, GCN-folded projections, MSAF folded into
+    the fusion conv) gives the old NCHW pass's output on the shipped weights and on a random full preset."""
+    if name.startswith("random "):
+        model = _random_full(name.split()[1])
+    elif weights_path(name) is None:
+        pytest.skip(f"{name} weights are not shipped")
+    else:
+        model = load_model(name)
+    s = model.config.in_size
+    lr, lm = torch.rand(2, 3, s, s, generator=torch.Generator().manual_seed(3)), _landmarks(2)
+    with torch.inference_mode():
+        ref = _reference_forward(model, lr, lm)
+        fast = model(lr, lm)
+        assert fast.is_contiguous()  # NCHW out, whatever layout ran inside
+        torch.testing.assert_close(fast, ref, atol=2e-5, rtol=0)
+        torch.testing.assert_close(model(lr[:1], lm[:1]), ref[:1], atol=2e-5, rtol=0)  # batch 1, as benched
+        lm[1] = float("nan")  # a face without landmarks takes the (channels-last) image path alone
+        torch.testing.assert_close(model(lr, lm)[1], model.backbone.head(model.backbone.trunk(lr[1:]))[0]
+                                   + (F.interpolate(lr[1:], scale_factor=model.scale, mode="bicubic")[0]
+                                      if model.config.residual else 0), atol=2e-5, rtol=0)
+
+
+def test_channels_last_only_for_cpu_inference():
+    model = create_model("affectsr-x4", **SMALL).eval()
+    layouts = []
+    model.backbone.conv_first.register_forward_hook(
+        lambda m, args, out: layouts.append(out.is_contiguous(memory_format=torch.channels_last)))
+    lr = torch.rand(1, 3, 8, 8)
+    with torch.no_grad():
+        model(lr, _landmarks(1))
+    model(lr, _landmarks(1))  # autograd on: training keeps NCHW
+    assert layouts == [True, False]
+
+
+def test_gcn_folds_a_following_linear_map(adjacency):
+    torch.manual_seed(0)
+    for dims in [(3, 8, 16), (3, 16, 4)]:  # the last layer propagates its input, then its output
+        gcn, then = GCN(dims, adjacency), torch.nn.Linear(dims[-1], 5)
+        x = torch.randn(2, N, 3)
+        torch.testing.assert_close(gcn(x, (then.weight, then.bias)), then(gcn(x)), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_folded_fusion_equals_msaf_then_conv(layout):
+    torch.manual_seed(0)
+    f = FusionBlock(16, "msaf", 4).eval()
+    with torch.no_grad():
+        for p in f.parameters():
+            p.normal_(0, 0.3)
+        x, p = (torch.randn(3, 16, 5, 7).contiguous(memory_format=layout) for _ in range(2))
+        out = f(x, p)
+        torch.testing.assert_close(out, x + f.proj(f.fuse(x, p)), atol=1e-5, rtol=1e-5)
+        assert out.is_contiguous(memory_format=layout)
+        torch.testing.assert_close(f(x, p.contiguous()), out, atol=1e-6, rtol=0)  # a prior in the other layout
