@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -73,6 +74,25 @@ def test_tiny_run_on_the_astronaut(landmark_detector) -> None:
     assert "Command:" not in text
     assert "Command: `affectsr bench-detect --out x`" in B.to_markdown({**report, "command": "affectsr bench-detect --out x"})
     json.dumps(report)  # plain JSON types only
+
+
+def test_timing_only_times_the_same_frames(landmark_detector, monkeypatch) -> None:
+    cfg = B.BenchConfig(scenes=6, faces_per_scene=2, bins=((32, 48),), frame_sizes=((320, 240), (400, 300)),
+                        backgrounds=("rocket",), timing_frames=2)
+    sources = B.astronaut_sources(landmark_detector)
+    timed = []
+    monkeypatch.setattr(B, "time_frames", lambda det, frames, mf: timed.append([f.copy() for f in frames]) or
+                        {"frames": len(frames), "size": "400x300", "min_face": mf, "fine_mpx": 0.1, "threads": 1,
+                         "median_s": 0.1, "median_cpu_s": 0.1, "load_before_after": None})
+    full = B.run_detect_bench(cfg, sources, landmark_detector, log=lambda m: None)
+    only = B.run_detect_bench(replace(cfg, timing_only=True), sources, landmark_detector, log=lambda m: None,
+                              timing_min_faces=[24])
+    assert len(timed) == 3 and len(timed[0]) == 2 and all(f.shape == (300, 400, 3) for f in timed[0])
+    assert all(np.array_equal(a, b) for a, b in zip(timed[0], timed[1]))  # the full run's frames, not others
+    assert "recall" in full and "recall" not in only and [t["min_face"] for t in only["timing"]] == [16, 24]
+    text = B.to_markdown(only)
+    assert text.startswith("Detection timing") and "| 400x300 (2 frames) | 16 |" in text
+    json.dumps(only)
 
 
 def test_cli_says_when_the_data_is_missing(tmp_path, capsys) -> None:

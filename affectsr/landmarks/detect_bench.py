@@ -67,6 +67,7 @@ class BenchConfig:
     limit: int | None = None  # at most this many source images per dataset
     frame_sizes: tuple[tuple[int, int], ...] = FRAME_SIZES  # scenes alternate between these (width, height)
     backgrounds: tuple[str, ...] = BACKGROUNDS
+    timing_only: bool = False  # build the scenes, time the 1080p frames, skip recall, false positives and crops
 
 
 @dataclass(frozen=True)
@@ -396,6 +397,10 @@ def run_detect_bench(cfg: BenchConfig, sources: Sequence[FaceSource] | None = No
             scene = build_scene(rng, bg, sources, scene_sizes(rng, cfg.bins, cfg.faces_per_scene, i), name)
             if size == timed_size and len(timed) < cfg.timing_frames:
                 timed.append(scene.rgb)
+            if cfg.timing_only:  # the same frames as a full run: detecting draws nothing from rng
+                if len(timed) == cfg.timing_frames:
+                    break
+                continue
             for variant, image in (("colour", scene.rgb), ("grey", to_grey(scene.rgb))):
                 hits, fp = match(_boxes(det.detect_faces(image, min_face=cfg.min_face)), scene.boxes, cfg.iou)
                 sizes_all[variant] += scene.sizes
@@ -410,7 +415,7 @@ def run_detect_bench(cfg: BenchConfig, sources: Sequence[FaceSource] | None = No
             empty.append(photo)
             empty += [fill_frame(rng, photo, size) for size in cfg.frame_sizes]
         fp = {"colour": 0, "grey": 0}
-        for image in empty:
+        for image in [] if cfg.timing_only else empty:
             fp["colour"] += len(det.detect_faces(image, min_face=cfg.min_face))
             fp["grey"] += len(det.detect_faces(to_grey(image), min_face=cfg.min_face))
         log("false positives counted; timing")
@@ -419,12 +424,16 @@ def run_detect_bench(cfg: BenchConfig, sources: Sequence[FaceSource] | None = No
         load_after = _load()
         for t in timing:
             t["load_before_after"] = [load_before, load_after]
-        tight = _tight_crops(sources, det)
-        calibration = _short_box_calibration(sources, det)
+        log("timed")
+        tight = [] if cfg.timing_only else _tight_crops(sources, det)
+        calibration = {} if cfg.timing_only else _short_box_calibration(sources, det)
     finally:
         if own:
             det.close()
     n_faces = len(sizes_all["colour"])
+    if cfg.timing_only:
+        return {"config": asdict(cfg), "machine": f"{machine()}, {os.cpu_count()} CPUs", "date": today(),
+                "sources": {"total": len(sources), "without_face_at_full_size": skipped}, "timing": timing}
     return {
         "config": {k: v for k, v in asdict(cfg).items()},
         "machine": f"{machine()}, {os.cpu_count()} CPUs",
@@ -445,10 +454,14 @@ def run_detect_bench(cfg: BenchConfig, sources: Sequence[FaceSource] | None = No
 
 def to_markdown(report: dict) -> str:
     cfg = report["config"]
+    command = [f"Command: `{report['command']}`", ""] if report.get("command") else []
+    if "recall" not in report:  # timing_only
+        lines = [f"Detection timing (frames of the scenes of seed {cfg['seed']}; {report['date']}, {report['machine']})",
+                 "", *command]
+        return "\n".join(lines + _timing_table(report)) + "\n"
     lines = [f"Detection benchmark ({report['faces']} faces in {cfg['scenes']} scenes, seed {cfg['seed']}, "
              f"min_face {cfg['min_face']:g}, IoU >= {cfg['iou']}; {report['date']}, {report['machine']})", "",
-             *([f"Command: `{report['command']}`", ""] if report.get("command") else []),
-             "| face size (px) | faces | recall colour | recall grey |", "|---|---:|---:|---:|"]
+             *command, "| face size (px) | faces | recall colour | recall grey |", "|---|---:|---:|---:|"]
     for c, g in zip(report["recall"]["colour"], report["recall"]["grey"]):
         def pct(r: dict) -> str:
             return "-" if r["recall"] is None else f"{100 * r['recall']:.1f}%"
@@ -463,14 +476,17 @@ def to_markdown(report: dict) -> str:
                       f"| found by detect_faces | found with the padded retry |", "|---|---:|---:|"]
         lines += [f"| {t['crop_over_box']:g} | {100 * t['recall']:.1f}% | {100 * t['recall_with_padding']:.1f}% |"
                   for t in tight]
-    lines += ["", "| frame | min_face | fine-pass Mpx | threads | median s | median CPU s "
-                  "| load (1/5/15 min) before, after |",
-              "|---|---:|---:|---:|---:|---:|---|"]
+    return "\n".join(lines + [""] + _timing_table(report)) + "\n"
+
+
+def _timing_table(report: dict) -> list[str]:
+    lines = ["| frame | min_face | fine-pass Mpx | threads | median s | median CPU s | load (1/5/15 min) before, after |",
+             "|---|---:|---:|---:|---:|---:|---|"]
     for r in report["timing"]:
         lb, la = r["load_before_after"]
         lines.append(f"| {r['size']} ({r['frames']} frames) | {r['min_face']:g} | {r['fine_mpx']} | {r['threads']} | "
                      f"{r['median_s']:.3f} | {r['median_cpu_s']:.3f} | {lb}, {la} |")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 # --- the picture -------------------------------------------------------------------------------------
