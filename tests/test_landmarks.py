@@ -285,3 +285,44 @@ def test_detect_near_finds_tracked_faces(landmark_detector, small_faces_frame) -
     for box, truth in zip(boxes, truths[1:3]):
         assert _iou((box.x0, box.y0, box.x1, box.y1), truth) > 0.4
     assert landmark_detector.detect_near(frame, []) == []
+
+
+def test_small_candidates_pass_on_many_fair_views(monkeypatch) -> None:
+    """A small candidate scoring 0.6-0.75 in most views (a 16-24 px face) is kept; a large one, or one that scores
+    high in one view only (a texture), is not; two views >= 0.75 keep any candidate, as before."""
+    from affectsr.landmarks import detector as D
+
+    det = LandmarkDetector()
+    box = FaceBox(100, 100, 120, 120, 0.4)
+
+    def with_scores(scores):
+        views = iter(scores)
+        monkeypatch.setattr(det, "_seen_again", lambda *a: FaceBox(100, 100, 120, 120, next(views)))
+
+    fair = [0.65, 0.7, 0.62, 0.5, 0.66, 0.7]
+    with_scores(fair)
+    assert det._verify(np.zeros((200, 200, 3), np.uint8), box, small=True) is not None
+    with_scores(fair)
+    assert det._verify(np.zeros((200, 200, 3), np.uint8), box, small=False) is None
+    with_scores([0.9, 0.3, 0.2, 0.4, 0.55, 0.3])
+    assert det._verify(np.zeros((200, 200, 3), np.uint8), box, small=True) is None
+    with_scores([0.8, 0.3, 0.9, 0.4, 0.5, 0.3])
+    assert det._verify(np.zeros((200, 200, 3), np.uint8), box, small=False).score == 0.9
+    assert len(D._VERIFY_CONTEXTS) == len(fair) and D._SMALL_VOTES[0] <= len(fair)
+
+
+def test_low_scoring_boxes_are_a_separate_list() -> None:
+    """The short-range decode's first list does not change when low-scoring boxes are asked for too."""
+    from affectsr.landmarks.detector import _short_range_boxes
+
+    det = LandmarkDetector()
+    frame = np.asarray(Image.fromarray(default_scene()).resize((256, 256)))
+    net = det._net("short0")
+    sure, none = _short_range_boxes(net, frame, 0.5)
+    sure_too, low = _short_range_boxes(net, frame, 0.5, 0.05)
+    assert none == [] and sure == sure_too and sure
+    assert all(b.score < 0.5 for b in low) and all(_iou_box(b, s) <= 0.3 for b in low for s in sure)
+
+
+def _iou_box(a: FaceBox, b: FaceBox) -> float:
+    return _iou((a.x0, a.y0, a.x1, a.y1), (b.x0, b.y0, b.x1, b.y1))
