@@ -295,17 +295,19 @@ def test_small_candidates_pass_on_many_fair_views(monkeypatch) -> None:
     det = LandmarkDetector()
     box = FaceBox(100, 100, 120, 120, 0.4)
 
-    def with_scores(scores):
+    def with_scores(scores, side=20):
         views = iter(scores)
-        monkeypatch.setattr(det, "_seen_again", lambda *a: FaceBox(100, 100, 120, 120, next(views)))
+        monkeypatch.setattr(det, "_seen_again", lambda *a: FaceBox(100, 100, 100 + side, 100 + side, next(views)))
 
     fair = [0.65, 0.7, 0.62, 0.5, 0.66, 0.7]
     with_scores(fair)
-    assert det._verify(np.zeros((200, 200, 3), np.uint8), box, small=True) is not None
+    assert det._verify(np.zeros((200, 200, 3), np.uint8), box, small=14.4) is not None
+    with_scores(fair, side=13)  # views that shrink the box under the smallest face looked for
+    assert det._verify(np.zeros((200, 200, 3), np.uint8), box, small=14.4) is None
     with_scores(fair)
-    assert det._verify(np.zeros((200, 200, 3), np.uint8), box, small=False) is None
+    assert det._verify(np.zeros((200, 200, 3), np.uint8), box) is None
     with_scores([0.9, 0.3, 0.2, 0.4, 0.55, 0.3])
-    assert det._verify(np.zeros((200, 200, 3), np.uint8), box, small=True) is None
+    assert det._verify(np.zeros((200, 200, 3), np.uint8), box, small=14.4) is None
     with_scores([0.8, 0.3, 0.9, 0.4, 0.5, 0.3])
     assert det._verify(np.zeros((200, 200, 3), np.uint8), box, small=False).score == 0.9
     assert len(D._VERIFY_CONTEXTS) == len(fair) and D._SMALL_VOTES[0] <= len(fair)

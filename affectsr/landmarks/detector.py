@@ -79,11 +79,14 @@ _VERIFY_IOU = 0.3
 # Small candidates (side from min_face up to _SMALL_FACE px): faces of 16-24 px hold little detail; they often score
 # 0.3-0.5 in the pyramid and 0.6-0.75 in every verification view, where textures score high in one or two views only.
 # So they are candidates from _SMALL_SCORE and also kept when at least _SMALL_VOTES[0] of the views score them
-# >= _SMALL_VOTES[1]. In pixels, not in units of min_face: for larger boxes textures pass that rule too. Chosen on
-# scenes of seeds other than the benchmark's (no false positive more on their face-free frames).
+# >= _SMALL_VOTES[1] with a box of at least _SMALL_VIEW_SIDE x min_face (views of a texture in the astronaut's
+# suit scored 0.6-0.71 with boxes of 12-13 px). In pixels, not in units of min_face: for larger boxes textures
+# pass that rule too. Chosen on scenes of seeds other than the benchmark's (no false positive more on their
+# face-free frames).
 _SMALL_FACE = 32.0
 _SMALL_SCORE = 0.3
 _SMALL_VOTES = (4, 0.6)
+_SMALL_VIEW_SIDE = 0.9
 _MIN_FACE_SLACK = 0.8  # boxes under this fraction of min_face are dropped (box sides scatter around the face's)
 # The short-range model's box is larger and lower on the face than the full-range one's; mapped onto the
 # full-range convention (centre shift and size, in units of the box side) so crops do not depend on which
@@ -602,8 +605,10 @@ class LandmarkDetector:
         # the coarse boxes leave are verified side by side first (the threads' graphs), then taken in turn.
         candidates = [c for c in clipped(self._fine_boxes(image, min_face) + loose)
                       if len(_suppress_duplicates(boxes + [c])) > len(boxes)]
-        checked = self._parallel(lambda graph, c: self._verify(image, c, votes, graph, max(c.width, c.height) < _SMALL_FACE),
-                                 candidates)
+        def small(c: FaceBox) -> float:  # the smallest view box the rule for small candidates counts (0: not small)
+            return _SMALL_VIEW_SIDE * min_face if max(c.width, c.height) < _SMALL_FACE else 0.0
+
+        checked = self._parallel(lambda graph, c: self._verify(image, c, votes, graph, small(c)), candidates)
         for candidate, verified in zip(candidates, checked):
             if len(_suppress_duplicates(boxes + [candidate])) > len(boxes):
                 if verified is not None and (verified := _clipped(verified, width, height)) is not None:
@@ -614,7 +619,7 @@ class LandmarkDetector:
         return boxes
 
     def _verify(self, image: np.ndarray, box: FaceBox, votes: int = _VERIFY_VOTES, graph: str = "short0",
-                small: bool = False) -> FaceBox | None:
+                small: float = 0.0) -> FaceBox | None:
         """A candidate face seen again, centred in windows a few times its side: its box there, or None.
 
         Textures that fire the short-range model in one tile (star fields, print, grass, a rocket's
@@ -622,8 +627,9 @@ class LandmarkDetector:
         when at least ``votes`` (0: always) of these views score it >= _VERIFY_SCORE: the short-range model
         on windows of _VERIFY_CONTEXTS x its side (looked at in turn until the votes are in or cannot be).
         ``affectsr bench-detect`` measures the result (README, "Face detection"). ``graph``: the
-        short-range graph to use (one per thread). ``small``: also kept when _SMALL_VOTES[0] views score it
-        >= _SMALL_VOTES[1] (a small face scores lower in every view, a texture high in few).
+        short-range graph to use (one per thread). ``small`` (a side, > 0 for a small candidate): also kept
+        when _SMALL_VOTES[0] views score it >= _SMALL_VOTES[1] with a box of at least that side (a small face
+        scores lower in every view, a texture high in few).
         """
         if votes <= 0:
             return box
@@ -634,7 +640,7 @@ class LandmarkDetector:
             found = self._seen_again(image, box, context, graph, TILE)
             if found is not None and found.score >= _VERIFY_SCORE:
                 passed.append(found)
-            if found is not None and found.score >= fair_score:
+            if found is not None and found.score >= fair_score and max(found.width, found.height) >= small:
                 fair.append(found)
             if len(passed) >= votes or len(fair) >= need:
                 return max(passed or fair, key=lambda b: b.score)
