@@ -61,12 +61,19 @@ class RRDB(nn.Module):
 
     def __init__(self, nf: int, gc: int = 32):
         super().__init__()
+        self.nf = nf
         self.RDB1 = ResidualDenseBlock_5C(nf, gc)
         self.RDB2 = ResidualDenseBlock_5C(nf, gc)
         self.RDB3 = ResidualDenseBlock_5C(nf, gc)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.RDB3(self.RDB2(self.RDB1(x))) * 0.2 + x
+        out = self.RDB3(self.RDB2(self.RDB1(x)))
+        if torch.jit.is_tracing():
+            # the same product as a depthwise 1x1 conv with weight 0.2 (a constant: nf, not a traced shape):
+            # ONNX Runtime keeps its blocked NCHWc layout through a conv but not through a Mul by a scalar, which
+            # left every later block's convs reordering their inputs in and out and concatenating in NCHW
+            return F.conv2d(out, out.new_full((self.nf, 1, 1, 1), 0.2), groups=self.nf) + x
+        return out * 0.2 + x
 
 
 class RRDBNet(nn.Module):

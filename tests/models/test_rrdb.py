@@ -272,3 +272,27 @@ def test_load_esrgan_checkpoint_from_pth_and_into_affectsrnet(reference, lr, tmp
     wrong = create_model("affectsr-x4", nf=cfg["nf"] * 2, nb=cfg["nb"], gc=cfg["gc"])
     with pytest.raises(ValueError, match="does not match"):
         wrong.load_backbone(load_esrgan_checkpoint(str(path)))
+
+
+def test_traced_rrdb_scales_by_a_depthwise_conv():
+    """An exported RRDB scales its residual by a constant depthwise 1x1 conv, not a Mul (a Mul by a scalar breaks
+    ONNX Runtime's NCHWc layout), and the graph computes what the eager module does."""
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    import io
+    import warnings
+
+    torch.manual_seed(0)
+    net = RRDBNet(3, 3, nf=8, nb=2, gc=4, scale=2).eval()
+    x = torch.rand(1, 3, 6, 5)
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (x,), buf, dynamo=False, opset_version=17, input_names=["x"],
+                          dynamic_axes={"x": {2: "h", 3: "w"}})
+    graph = onnx.load_from_string(buf.getvalue()).graph
+    rrdb_level = [n for n in graph.node if n.name.startswith("/RRDB_trunk/RRDB_trunk.") and "/RDB" not in n.name]
+    assert {n.op_type for n in rrdb_level} == {"Constant", "Conv", "Add"}, [n.op_type for n in rrdb_level]
+    out = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})[0]
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(out), net(x), atol=1e-5, rtol=0)
