@@ -55,6 +55,9 @@ DEFAULT_OPSET = 20  # the newest opset torch 2.13's TorchScript exporter writes;
 MIN_OPSET = 11  # ONNX Resize matches PyTorch's interpolation only from opset 11 (IsInf/IsNaN need 10)
 ATOL = 1e-3  # max |ORT - PyTorch| an export may differ by (outputs are images in [0, 1])
 FORMAT = "affectsr-onnx/1"  # bump when the graph's inputs/outputs or metadata change (also keys the cache)
+# bump when the graph of the same weights changes and runs faster (keys the cache, so a file exported before is
+# made again; an old file still loads and gives the same output): 2 = issue 17's RRDB scale, GCN fold
+GRAPH_REVISION = 2
 INSTALL_HINT = "pip install affectsr[onnx]"
 META = "affectsr."  # prefix of our metadata_props keys
 
@@ -392,7 +395,7 @@ def onnx_for(name_or_path: str | Path, cache_dir: str | Path | None = None, opse
              detector=None) -> Path:
     """The ONNX file for a preset or ``.safetensors`` (exported and checked on first use), or a ``.onnx`` path.
 
-    Cache files are ``<name>-<sha>.onnx`` with ``sha`` over the weights file, ``FORMAT`` and the
+    Cache files are ``<name>-<sha>.onnx`` with ``sha`` over the weights file, ``FORMAT``, ``GRAPH_REVISION`` and the
     opset, so new weights or a new export format never reuse a stale graph.
     """
     p = Path(str(name_or_path))
@@ -401,7 +404,8 @@ def onnx_for(name_or_path: str | Path, cache_dir: str | Path | None = None, opse
             raise FileNotFoundError(f"{p}: no such ONNX file")
         return p
     weights = weights_file(str(name_or_path))
-    key = hashlib.sha256(f"{_sha256_file(weights)}|{FORMAT}|opset{opset}".encode()).hexdigest()[:16]
+    key = f"{_sha256_file(weights)}|{FORMAT}|graph{GRAPH_REVISION}|opset{opset}"
+    key = hashlib.sha256(key.encode()).hexdigest()[:16]
     stem = str(name_or_path) if str(name_or_path) in PRESETS else weights.stem
     out = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     out = out / f"{stem}-{key}.onnx"

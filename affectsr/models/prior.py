@@ -64,7 +64,8 @@ class GaussianSplat(nn.Module):
         super().__init__()
         self.sigma = sigma
 
-    def forward(self, nodes: torch.Tensor, xy: torch.Tensor, size: tuple[int, int], density: bool = True) -> torch.Tensor:
+    def forward(self, nodes: torch.Tensor, xy: torch.Tensor, size: tuple[int, int],
+                density: bool = True) -> torch.Tensor:
         return gaussian_splat(nodes, xy, size, self.sigma, density)
 
     def extra_repr(self) -> str:
