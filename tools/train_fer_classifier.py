@@ -197,8 +197,13 @@ def augment(x: torch.Tensor, frame: float, gen: torch.Generator, args: argparse.
 
 @torch.no_grad()
 def predict(net: torch.nn.Module, x: torch.Tensor, tta: bool = False, crop: float = 1.0, batch: int = 500) -> np.ndarray:
-    """Softmax probabilities through the wrapper's own preprocessing (``to_model_input``); optional flip TTA, centre crop."""
+    """Softmax probabilities through the wrapper's own preprocessing (``to_model_input``); optional flip TTA, centre crop.
+
+    ``net``: a body (given ``to_model_input`` at its size) or a whole ``EmotionClassifier``, which prepares its own
+    input (ensembles read the face at each member's size; a ``flip`` config averages the mirror image).
+    """
     net.eval()
+    wrapped = isinstance(net, EmotionClassifier)
     size = net.config.input_size
     out = []
     for i in range(0, len(x), batch):
@@ -208,7 +213,8 @@ def predict(net: torch.nn.Module, x: torch.Tensor, tta: bool = False, crop: floa
             k = round(s * crop)
             o = (s - k) // 2
             xb = xb[..., o:o + k, o:o + k]
-        xb = to_model_input(xb, size)
+        if not wrapped:
+            xb = to_model_input(xb, size)
         p = F.softmax(net(xb)[0], 1)
         if tta:
             p = (p + F.softmax(net(xb.flip(-1))[0], 1)) / 2
@@ -340,7 +346,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def evaluate_only(name: str, data: dict[str, np.ndarray]) -> None:
     """Print val/test accuracy, confusion matrices, flip TTA and the framing table of an existing classifier."""
-    net = load_emotion_classifier(name).net
+    net = load_emotion_classifier(name)  # the wrapper: ensembles and flip configs read as they ship
     for split in ("val", "test"):
         print(format_report(report(net, val_sets(data, split), split)))
     x, y = val_sets(data, "test")["fer2013"]

@@ -32,6 +32,7 @@ __all__ = [
     "JUDGE_CLASSIFIER",
     "TEACHER_CLASSIFIER",
     "ClassifierConfig",
+    "EnsembleNet",
     "MiniXception",
     "EmotionClassifier",
     "build_net",
@@ -63,6 +64,8 @@ class ClassifierConfig:
     bn_eps: float = 1e-3  # Keras BatchNormalization default, read from the source file's config
     depths: tuple[int, ...] = ()  # convs / blocks per stage (nets.py bodies; mini-Xception has one block per width)
     dropout: float = 0.0  # before the linear classifier (nets.py bodies)
+    members: tuple[ClassifierConfig, ...] = ()  # arch "ensemble": the member nets, each at its own input size
+    flip: bool = False  # also read the mirror image and average the two logits (test-time augmentation)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -73,6 +76,7 @@ class ClassifierConfig:
         for key in ("labels", "widths", "depths"):
             if key in d:
                 d[key] = tuple(d[key])
+        d["members"] = tuple(m if isinstance(m, ClassifierConfig) else cls.from_dict(m) for m in d.get("members", ()))
         return cls(**d)
 
 
@@ -151,8 +155,35 @@ class MiniXception(nn.Module):
         return logits, x
 
 
-ARCHS: dict[str, type[nn.Module]] = {"mini_xception": MiniXception, "vgg": VGGNet, "resnet": ResNet}
-"""``ClassifierConfig.arch`` -> network class; each maps normalised grey input to ``(logits, features)``."""
+class EnsembleNet(nn.Module):
+    """Several FER nets read one face, each prepared at its own input size; their logits are averaged.
+
+    Why: two teachers of different widths and input sizes err on different faces, so their mean is
+    more accurate than either (fer-teacher-vgg's model card has the figures). Unlike the other bodies it
+    takes the wrapper's images (RGB or grey in [0, 1], any size), not one normalised input, because the
+    members want different sizes. ``features`` are the members' maps, flattened and concatenated.
+    """
+
+    takes_images = True
+
+    def __init__(self, config: ClassifierConfig) -> None:
+        super().__init__()
+        if not config.members:
+            raise ValueError("an ensemble classifier needs at least one member config")
+        if any(m.num_classes != config.num_classes or m.labels != config.labels for m in config.members):
+            raise ValueError("the ensemble's members must share its classes and label order")
+        self.config = config
+        self.members = nn.ModuleList(build_net(m) for m in config.members)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        outs = [net(to_model_input(images, net.config.input_size)) for net in self.members]
+        return torch.stack([o[0] for o in outs]).mean(0), torch.cat([o[1].flatten(1) for o in outs], 1)
+
+
+ARCHS: dict[str, type[nn.Module]] = {"mini_xception": MiniXception, "vgg": VGGNet, "resnet": ResNet,
+                                     "ensemble": EnsembleNet}
+"""``ClassifierConfig.arch`` -> network class; each maps normalised grey input to ``(logits, features)``
+(the ensemble: the wrapper's images, see :class:`EnsembleNet`)."""
 
 
 def build_net(config: ClassifierConfig) -> nn.Module:
@@ -216,8 +247,16 @@ class EmotionClassifier(nn.Module):
         """Ignore ``mode``: the classifier is always in eval mode (BatchNorm uses its running statistics)."""
         return super().train(False)
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _read(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if getattr(self.net, "takes_images", False):
+            return self.net(images)
         return self.net(to_model_input(images, self.config.input_size))
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, features = self._read(images)
+        if self.config.flip:  # the mirror image's logits too (resizing and grey conversion commute with the flip)
+            logits = (logits + self._read(images.flip(-1))[0]) / 2
+        return logits, features
 
     @torch.no_grad()
     def predict_proba(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:

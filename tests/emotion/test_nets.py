@@ -27,6 +27,9 @@ SMALL = {
     "vgg": ClassifierConfig(arch="vgg", input_size=40, widths=(8, 16, 32), depths=(2, 1, 1), bn_eps=1e-5, dropout=0.3),
     "resnet": ClassifierConfig(arch="resnet", input_size=40, widths=(8, 16, 32), depths=(1, 2, 1), stem=8, bn_eps=1e-5, dropout=0.3),
 }
+# members at different input sizes: the ensemble hands each its own resize of the face
+SMALL["ensemble"] = ClassifierConfig(arch="ensemble", input_size=44, flip=True, members=(
+    SMALL["vgg"], ClassifierConfig(arch="vgg", input_size=44, widths=(8, 16), depths=(1, 1), bn_eps=1e-5)))
 FEATURE_SIDE = {"mini_xception": 4, "vgg": 10, "resnet": 10}  # 64 px / 16; 40 px / 4 (two 2x downsamplings)
 
 
@@ -40,9 +43,30 @@ def test_arch_returns_logits_and_penultimate_features(arch):
     net = build_net(config).eval()
     s = config.input_size
     logits, feats = net(torch.rand(3, 1, s, s) * 2 - 1)
+    assert logits.shape == (3, 7) and torch.isfinite(logits).all()
+    if arch == "ensemble":  # the members' maps, flattened: 32 x 10 x 10 (40 px) + 16 x 22 x 22 (44 px)
+        assert feats.shape == (3, 32 * 10 * 10 + 16 * 22 * 22)
+        return
     side = FEATURE_SIDE[arch]
-    assert logits.shape == (3, 7) and feats.shape == (3, config.widths[-1], side, side)
-    assert torch.isfinite(logits).all()
+    assert feats.shape == (3, config.widths[-1], side, side)
+
+
+def test_ensemble_averages_its_members_logits_on_the_face_and_its_mirror():
+    """What the shipped teacher computes: each member through the usual wrapper (its own input size), logits
+    averaged over members and over the mirror image; a saved ensemble reloads with the same output."""
+    torch.manual_seed(0)
+    config = SMALL["ensemble"]
+    ens = EmotionClassifier(build_net(config))
+    x = torch.rand(2, 3, 61, 61)
+    alone = [EmotionClassifier(m) for m in ens.net.members]
+    want = sum(m(x)[0] + m(x.flip(-1))[0] for m in alone) / 4
+    torch.testing.assert_close(ens(x)[0], want)
+    no_flip = EmotionClassifier(ens.net.__class__(ClassifierConfig.from_dict({**config.to_dict(), "flip": False})))
+    no_flip.net.load_state_dict(ens.net.state_dict())
+    torch.testing.assert_close(no_flip(x)[0], sum(m(x)[0] for m in alone) / 2)
+    assert not torch.allclose(no_flip(x)[0], ens(x)[0])  # the mirror image changes the reading
+    with pytest.raises(ValueError, match="at least one member"):
+        build_net(ClassifierConfig(arch="ensemble"))
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHS))
@@ -91,9 +115,11 @@ def test_old_weights_files_load_with_unchanged_outputs(name, expected):
 def test_teacher_and_judge_are_shipped_and_independent():
     teacher, judge = load_emotion_classifier(TEACHER_CLASSIFIER), load_emotion_classifier(JUDGE_CLASSIFIER)
     assert teacher.labels == judge.labels == EMOTIONS
-    assert teacher.config.arch != judge.config.arch
+    archs = [m.arch for m in teacher.config.members] or [teacher.config.arch]  # an ensemble teacher: its members'
+    assert judge.config.arch not in archs
     recipes = [json.loads(c.metadata["recipe"]) for c in (teacher, judge)]
-    assert recipes[0]["seed"] != recipes[1]["seed"]
+    seeds = recipes[0]["seed"] if isinstance(recipes[0]["seed"], list) else [recipes[0]["seed"]]
+    assert recipes[1]["seed"] not in seeds
     assert (teacher.metadata["role"], judge.metadata["role"]) == ("teacher", "judge")
     for name in (TEACHER_CLASSIFIER, JUDGE_CLASSIFIER):
         card = (WEIGHTS_DIR / f"{name}.md").read_text()
