@@ -78,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache", type=Path, default=REPO / ".data" / "cache" / "fer_classifier")
     ap.add_argument("--out-dir", type=Path, required=True)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--val-only", action="store_true",
+                    help="print the val accuracies of the members and the ensemble and stop (choosing members reads no test)")
     args = ap.parse_args(argv)
     if len(args.members) < 2 and not args.flip:
         ap.error("one member without --flip is the member itself")
@@ -88,14 +90,19 @@ def main(argv: list[str] | None = None) -> int:
     if any(m.labels != EMOTIONS for m in members):
         raise SystemExit("every member must use the label order " + ", ".join(EMOTIONS))
 
+    splits = ("val",) if args.val_only else ("val", "test")
     rows = []  # each member alone, then the ensemble without and with flip: val and test, single view
     for m, src in zip(members, args.members):
-        rows.append((f"member `{Path(src).name}`", accuracy_table(m, data)))
+        rows.append((f"member `{Path(src).name}`", accuracy_table(m, data, splits)))
     plain = build_ensemble(members, flip=False)
-    rows.append(("ensemble, no flip", accuracy_table(plain, data)))
+    rows.append(("ensemble, no flip", accuracy_table(plain, data, splits)))
     clf = build_ensemble(members, flip=args.flip)
     if args.flip:
-        rows.append(("ensemble + mirror image (shipped)", accuracy_table(clf, data)))
+        rows.append(("ensemble + mirror image (shipped)", accuracy_table(clf, data, splits)))
+    if args.val_only:
+        for name, acc in rows:
+            print(f"{name}: " + ", ".join(f"val {k} {v:.2%}" for k, v in acc["val"].items()), flush=True)
+        return 0
     reports = {s: report(clf, val_sets(data, s), s) for s in ("val", "test")}
     framing = framing_table(clf, data)
 
