@@ -64,8 +64,7 @@ def card(preset: str, run: Path, info: dict, evals: dict | None) -> str:
              f"--stop-before {cfg['train_blocks']} --shard-size 200`.",
              f"- Loss: L1 on {cfg['crop']} px HR crops (batch {cfg['batch']}); every {cfg['emo_every']}th step {cfg['emo_batch']} "
              f"whole faces with L1 + {cfg['lambda_emo']} x the emotion consistency loss (KL T=2 + 0.1 feature MSE) of the "
-             f"FER teacher `{Path(cfg['classifier']).name}` (the interim VGG teacher of the expression-judge work, 65.6% "
-             f"on FER2013 PrivateTest by its own card; not shipped). Adam lr {cfg['lr']}, betas (0.9, 0.99), seed {cfg['seed']}.",
+             f"FER teacher `{Path(cfg['classifier']).name}` ({_same_as_shipped(cfg['classifier'])}). Adam lr {cfg['lr']}, betas (0.9, 0.99), seed {cfg['seed']}.",
              f"- Steps: {last['step']}; wall time {last['wall_s'] / 60:.0f} min, {last['cpu_s'] / 60:.1f} CPU-min "
              f"({meta.get('machine') or 'the 2-core CPU of the evaluation below, 1 torch thread'}; the machine was shared "
              f"with several other jobs, so wall time is mostly waiting).", ""]
@@ -83,6 +82,22 @@ def card(preset: str, run: Path, info: dict, evals: dict | None) -> str:
     lines += ["## Resume", "", f"Call the training command again with the same `out` and a larger `minutes=`: it continues "
               f"from `out/last.pt` (step {last['step']}); then `python tools/ship_full.py {preset} --run <out>`.", ""]
     return "\n".join(lines)
+
+
+def _same_as_shipped(classifier: str) -> str:
+    """Which shipped FER classifier a run's teacher file is, by content (runs name a copy by path)."""
+    import hashlib
+
+    from affectsr.weights import WEIGHTS_DIR
+
+    path = Path(classifier) if Path(classifier).suffix == ".safetensors" else WEIGHTS_DIR / f"{classifier}.safetensors"
+    if not path.is_file():
+        return "file not found now"
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    for f in sorted(WEIGHTS_DIR.glob("fer-*.safetensors")):
+        if hashlib.sha256(f.read_bytes()).hexdigest() == digest:
+            return f"byte-identical to the shipped `{f.stem}`, see its card"
+    return f"sha256 {digest[:16]}..., not a shipped classifier"
 
 
 def main(argv: list[str] | None = None) -> int:
