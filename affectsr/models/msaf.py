@@ -70,7 +70,9 @@ class FusionBlock(nn.Module):
     def forward(self, x: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
         if self.fuse is None:
             return x + self.proj(torch.cat([x, prior], 1))
-        if torch.jit.is_tracing():  # ONNX Runtime runs both forms as fast (a paired A/B): export the plain one
+        # the folded form is for inference: training keeps the form it was trained in, autocast would mix dtypes in
+        # its in-place matmul, and ONNX Runtime runs both forms as fast (a paired A/B): export the plain one
+        if torch.is_grad_enabled() or torch.is_autocast_enabled(x.device.type) or torch.jit.is_tracing():
             return x + self.proj(self.fuse(x, prior))
         return self._folded(x, prior)
 

@@ -325,3 +325,17 @@ def test_folded_fusion_equals_msaf_then_conv(layout):
         torch.testing.assert_close(out, x + f.proj(f.fuse(x, p)), atol=1e-5, rtol=1e-5)
         assert out.is_contiguous(memory_format=layout)
         torch.testing.assert_close(f(x, p.contiguous()), out, atol=1e-6, rtol=0)  # a prior in the other layout
+
+
+def test_optimised_pass_under_autocast_and_autograd():
+    """bf16 autocast (`affectsr bench --dtype bfloat16`, training on CUDA) and autograd take the plain fusion."""
+    model = create_model("affectsr-x4", **SMALL).eval()
+    _perturb_fusion(model)
+    lr, lm = torch.rand(2, 3, 8, 8), _landmarks(2)
+    with torch.inference_mode():
+        ref = model(lr, lm)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(lr, lm)
+    torch.testing.assert_close(out.float(), ref, atol=0.05, rtol=0)
+    model(lr, lm).sum().backward()  # autograd through the plain form
+    assert model.fusions[0].proj.weight.grad is not None
