@@ -14,6 +14,9 @@
 # then resumed with STEPS=1250 max_minutes=46 to the end (resume is exact, but the new horizon re-stretches the
 # cosine: the learning rate went from 1.35e-4 to 9.8e-5 at step 656). Replay: `... 4 stop_after=656` with
 # STEPS=1600, then STEPS=1250.
+# The shipped affectsr-x8-lite (2026-11-29, 1 thread at nice 0 beside 3-6 other jobs): one segment, STEPS=1400, 57 min,
+# TEACHER = affectsr-x8 at step 442 of its frozen-trunk run (a copy of the run's model.safetensors), TRUNK = that
+# run's train trunk cache.
 # INIT: the previous -lite weights (default: a copy of the shipped file, made once in $OUT, so that shipping the
 # result does not change the start of a resumed or repeated run; after shipping, take the previous release from git).
 set -euo pipefail

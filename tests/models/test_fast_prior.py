@@ -22,8 +22,8 @@ from affectsr.models.prior import gaussian_splat
 from .test_affectsrnet import SMALL, _landmarks, _perturb_fusion
 
 N = 478
-# x8: made by the code of main at b9a1f0b, before any change; x4: the distilled file with the cheap prior (issue 12
-# item 4), made when it shipped. tools/make_lite_reference.py rewrites one preset's entry, only when its file changes.
+# Each preset's entry is its distilled file with the cheap prior (issue 12 item 4), made when it shipped (x4 and x8
+# 2026-11-29). tools/make_lite_reference.py rewrites one preset's entry, only when its file changes.
 REFERENCE = "tests/models/shipped_lite_reference.npz"
 NEW_FIELDS = {"fusion_stages": 0, "prior_kernel": 3, "splat_once": False}  # and their defaults = the old network
 
@@ -47,21 +47,9 @@ def test_shipped_weights_keep_their_output(name):
     np.testing.assert_allclose(sr.numpy(), ref[f"{key}_sr"], atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("name", ["affectsr-x8-lite"])
-def test_shipped_configs_predate_the_new_fields(name):
-    if weights_path(name) is None:
-        pytest.skip(f"{name} weights are not shipped")
-    with safe_open(str(weights_path(name)), framework="pt") as f:
-        stored = json.loads(f.metadata()["config"])
-    assert not set(NEW_FIELDS) & set(stored), "the shipped files were written before these fields existed"
-    cfg = ModelConfig(**stored)
-    assert {k: getattr(cfg, k) for k in NEW_FIELDS} == NEW_FIELDS
-    assert set(AffectSRNet(cfg).state_dict()) == set(load_file(str(weights_path(name))))
-
-
-def test_shipped_x4_lite_has_the_cheap_prior():
-    """affectsr-x4-lite ships distilled and retrained with the cheap prior (tools/train_lite_distill.sh)."""
-    name = "affectsr-x4-lite"
+@pytest.mark.parametrize("name", ["affectsr-x4-lite", "affectsr-x8-lite"])
+def test_shipped_lite_files_have_the_cheap_prior(name):
+    """Both -lite presets ship distilled and retrained with the cheap prior (tools/train_lite_distill.sh)."""
     if weights_path(name) is None:
         pytest.skip(f"{name} weights are not shipped")
     with safe_open(str(weights_path(name)), framework="pt") as f:
@@ -210,14 +198,13 @@ def test_splat_once_splats_the_largest_scale_and_pools_it():
 
 
 def test_presets_build_the_trained_networks_and_fast_is_opt_in():
-    for name in ("affectsr-x4", "affectsr-x8", "affectsr-x8-lite"):  # the networks their weights are trained as
+    for name in ("affectsr-x4", "affectsr-x8"):  # the networks their weights are trained as
         cfg = PRESETS[name][0]
         assert {k: getattr(cfg, k) for k in NEW_FIELDS} == NEW_FIELDS
-    # affectsr-x4-lite ships retrained with the cheap prior: its preset builds that network
-    assert {k: getattr(PRESETS["affectsr-x4-lite"][0], k) for k in FAST["affectsr-x4-lite"]} == FAST["affectsr-x4-lite"]
-    # OLD_PRIOR (the old arm of tools/train_speed_ab.sh) is the prior the other -lite preset still has
-    assert {k: getattr(PRESETS["affectsr-x8-lite"][0], k) for k in OLD_PRIOR} == OLD_PRIOR
-    assert set(NEW_FIELDS) <= set(OLD_PRIOR)
+    for name in ("affectsr-x4-lite", "affectsr-x8-lite"):  # shipped retrained with the cheap prior: they build it
+        assert {k: getattr(PRESETS[name][0], k) for k in FAST[name]} == FAST[name]
+    # OLD_PRIOR (the old arm of tools/train_speed_ab.sh) is the prior the -lite presets had before
+    assert set(NEW_FIELDS) <= set(OLD_PRIOR) and {k: OLD_PRIOR[k] for k in NEW_FIELDS} == NEW_FIELDS
     for name, fast in FAST.items():  # the cheap prior builds and runs on every -lite preset
         cfg = PRESETS[name][0]
         assert set(fast) <= {f.name for f in dataclasses.fields(ModelConfig)}
