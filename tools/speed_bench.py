@@ -44,8 +44,7 @@ from affectsr.export import OnnxSRModel, export_onnx
 from affectsr.models import create_model, presets
 from affectsr.models.profile import interleaved_medians
 
-NAMES = ["affectsr-x4", "affectsr-x8", "affectsr-x4-lite", "affectsr-x8-lite",
-         "affectsr-x4-lite-cheap", "affectsr-x8-lite-cheap"]
+NAMES = ["affectsr-x4", "affectsr-x8", "affectsr-x4-lite", "affectsr-x8-lite"]  # (both -lite ship the cheap prior)
 CHEAP = "-cheap"
 BEGIN, END = "<!-- speed-tables:begin (tools/speed_bench.py --readme) -->", "<!-- speed-tables:end -->"
 
@@ -164,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--threads", type=int, default=2, help="torch and onnxruntime threads (default 2)")
     p.add_argument("--frames", default="", help="comma-separated face counts for whole 1080p frames, e.g. 1,4,16")
+    p.add_argument("--frames-model", default=None,
+                   help="preset for the whole-frame rows (default: the x4 preset `affectsr upscale` uses)")
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                    help="wall: `affectsr bench` rows; cpu: process CPU time at one thread, each preset alternating with its RRDB")
     p.add_argument("--json", default=None, help="also write rows and context here")
@@ -190,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
             rounds.append(run_bench(names, batches, "cpu", args.min_time, backends=backends, landmarks=False))
         rows = best_of(rounds)
         paired = paired_ratios(names, batches, args.min_time, backends, "wall", args.threads)
-    frames = bench_frames(None, [int(n) for n in args.frames.split(",")], backends, args.min_time) if args.frames else []
+    frames = (bench_frames(args.frames_model, [int(n) for n in args.frames.split(",")], backends, args.min_time)
+              if args.frames else [])
     load_after = os.getloadavg()
     head = (f"{when}; {cpu()}; {machine()}; torch and onnxruntime {onnxruntime.__version__} with {args.threads} threads; "
             f"commit {commit()}; load average (1, 5, 15 min) {load(load_before)} before, {load(load_after)} after "
@@ -202,17 +204,17 @@ def main(argv: list[str] | None = None) -> int:
                                       ("over all rows", worst)) if r is not None)
     sections = [
         ("`affectsr bench` rows (`affectsr.bench.run_bench`: each model timed in turn, mean per call; model forward "
-         "only, random landmarks fed). `-cheap` rows are the -lite networks with the cheap prior of `presets.FAST` "
-         "and random weights: the configuration the -lite presets take when retrained; the shipped files are the "
-         "networks of the rows without `-cheap`:", to_markdown(rows).split("\n", 2)[2]),
+         "only, random landmarks fed)" + (". `-cheap` rows are the -lite networks with the cheap prior of `presets.FAST` "
+         "and random weights; the shipped files are the networks of the rows without `-cheap`:"
+         if any(r.name.endswith(CHEAP) for r in rows) else ":"), to_markdown(rows).split("\n", 2)[2]),
         ("The same presets, each called in alternation with its plain RRDB (median per call): both see the same "
          "load, so on a shared machine this ratio is the steadier one." + summary, paired_markdown(paired, "wall")),
     ]
     if frames:
         sections.append((
             "Whole frames (`affectsr.bench.bench_frames`): 1920 x 1080 frames with 1, 4 or 16 copies of the bundled "
-            "face at 24-48 px on a noisy grey ground, through the pipeline of `affectsr upscale` with the x4 preset "
-            "it uses (detection on the whole frame, landmarks per face crop, SR, feathered paste into the bicubic x4 "
+            f"face at 24-48 px on a noisy grey ground, through the pipeline of `affectsr upscale` with "
+            f"`{frames[0].model}` (detection on the whole frame, landmarks per face crop, SR, feathered paste into the bicubic x4 "
             "frame). frames/s times the whole call; the stage columns (ms per frame, share) time the same steps one "
             "by one:", frames_markdown(frames)))
     command = "python tools/speed_bench.py " + " ".join(argv if argv is not None else sys.argv[1:])

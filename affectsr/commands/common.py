@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from ..models.presets import default_model
+from ..models.presets import default_model, fast_model
 from ..runinfo import command_line
 from ..types import SCALES
 from ..weights import WeightsError
@@ -160,5 +160,8 @@ def device_error(device: str | None) -> str | None:
 
 
 def default_models() -> str:
-    """The default model per scale for help texts, from :func:`~affectsr.models.presets.default_model` itself."""
-    return ", ".join(f"{default_model(s)} at x{s}" for s in SCALES)
+    """The default model per scale for help texts, from :func:`~affectsr.models.presets.default_model` itself,
+    and the fast alternative where there is one."""
+    text = ", ".join(f"{default_model(s)} at x{s}" for s in SCALES)
+    fast = [f for f in (fast_model(s) for s in SCALES) if f not in {default_model(s) for s in SCALES}]
+    return text + (f"; faster on a CPU: {', '.join(fast)}" if fast else "")

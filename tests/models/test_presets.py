@@ -215,3 +215,17 @@ def test_rrdb_x4_is_published_esrgan_size():
     assert counts["rrdb-x4"] == n_ref
     # rrdb-x8 = rrdb-x4 + one 64->64 3x3 conv (upconv3)
     assert counts["rrdb-x8"] == n_ref + 64 * 64 * 9 + 64
+
+
+def test_default_is_the_best_trained_preset_and_the_lite_is_the_fast_one(monkeypatch):
+    """Issue 12: upscale/demo/video/serve take the full preset when its weights ship (best on every judged
+    measure, docs/JUDGED.md), the -lite one when only it ships, and the untrained full preset otherwise."""
+    from affectsr.models import presets
+
+    assert presets.default_model(4) == "affectsr-x4" and presets.default_model(8) == "affectsr-x8"
+    assert presets.fast_model(4) == "affectsr-x4-lite" and presets.fast_model(8) == "affectsr-x8-lite"
+    real = presets.weights_path
+    monkeypatch.setattr(presets, "weights_path", lambda n: None if n == "affectsr-x8" else real(n))
+    assert presets.default_model(8) == "affectsr-x8-lite"
+    monkeypatch.setattr(presets, "weights_path", lambda n: None)
+    assert presets.default_model(8) == "affectsr-x8" and presets.fast_model(8) == "affectsr-x8"
