@@ -46,5 +46,6 @@ if [ "${FULL:-1}" = 1 ]; then
     $PY tools/ship_full.py affectsr-x$s --run .data/runs/affectsr-x$s --eval .data/eval/full-x$s --no-weights
   done
   $PY tools/make_full_results.py --eval x4=.data/eval/full-x4 x8=.data/eval/full-x8 \
-    --runs x4=.data/runs/affectsr-x4 x8=.data/runs/affectsr-x8
+    --runs x4=.data/runs/affectsr-x4 x8=.data/runs/affectsr-x8 ${CALIB:+--calib "$CALIB"} \
+    --notes docs/results/full-presets-reading.md
 fi
