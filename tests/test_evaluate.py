@@ -143,10 +143,10 @@ def test_only_untrained_models_is_an_error_not_a_crash(face_folder, tmp_path, ca
 
 
 def test_the_judge_is_never_the_trainer(face_folder, tmp_path, capsys):
-    """affectsr-x8-lite's emotion loss used fer-mini-xception: neither it nor its fine-tune (-ft) may judge it;
-    the distilled affectsr-x4-lite's used fer-teacher-vgg, which may not judge it either."""
-    for model, scale, judge in (("affectsr-x8-lite", "8", "fer-mini-xception-ft"),
-                                ("affectsr-x4-lite", "4", "fer-teacher-vgg")):
+    """Every shipped affectsr model's emotion loss used fer-teacher-vgg (the full presets through a copy of it,
+    recorded by content in their train_config): it may not judge any of them."""
+    for model, scale, judge in (("affectsr-x8-lite", "8", "fer-teacher-vgg"), ("affectsr-x4-lite", "4", "fer-teacher-vgg"),
+                                ("affectsr-x8", "8", "fer-teacher-vgg")):
         rc = main(["evaluate", "--model", f"bicubic,{model}", "--data", str(face_folder), "--scale", scale,
                    "--out", str(tmp_path / "o"), "--judge", judge, "--teacher", "none", "--no-identity", "-q"])
         assert rc == 2

