@@ -161,3 +161,13 @@ def test_judge_and_teacher_must_differ():
         load_fer_pair("fer-teacher-vgg", "fer-teacher-vgg")
     judge, teacher = load_fer_pair("fer-teacher-vgg", "none")
     assert judge.name == "fer-teacher-vgg" and teacher is None
+
+
+def test_a_fine_tune_of_the_trainer_counts_as_the_trainer():
+    """A model trained against fer-mini-xception may not be judged by its fine-tune fer-mini-xception-ft (any
+    spelling of the name), nor the other way round; another classifier is fine."""
+    from affectsr.evaluate.core import _same_family
+
+    assert _same_family("fer-mini-xception", "/x/fer-mini-xception-ft.safetensors")
+    assert _same_family("fer-mini-xception-ft", "fer-mini-xception")
+    assert not _same_family("fer-teacher-vgg", "fer-judge-resnet")
