@@ -13,6 +13,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from affectsr.assets import default_face
 from affectsr.cli import main
+from affectsr.emotion.classifier import TEACHER_CLASSIFIER
 from affectsr.metrics import psnr_y, rgb_to_y, ssim_y, to_tensor
 
 
@@ -83,7 +84,7 @@ def test_end_to_end_files_and_keys(eval_run):
                 "identity_cosine", "identity_kept"} <= set(m)
         assert m["n"] == 3 and m["accuracy_sr"] is None  # a plain folder has no labels
         # the judge scores by default; the teacher is the second column; ecm/agreement are the judge's
-        assert (m["judge"], m["teacher"]) == ("fer-judge-resnet", "fer-teacher-vgg")
+        assert (m["judge"], m["teacher"]) == ("fer-judge-resnet", TEACHER_CLASSIFIER)
         assert (m["ecm"], m["agreement"]) == (m["judge_ecm"], m["judge_agreement"])
         assert 0 <= m["teacher_agreement"] <= 1 and m["teacher_ecm"] is not None
         # the same face at x4 through bicubic or SR stays the same person for dlib, and its regions are near
@@ -92,7 +93,7 @@ def test_end_to_end_files_and_keys(eval_run):
             assert 0 < m[k] < 0.2
     # the distilled x4 -lite file records the classifier its emotion loss read (train's default, the teacher)
     assert s["affectsr-x4-lite"]["trained_with"] == "fer-teacher-vgg" and s["bicubic"]["trained_with"] is None
-    assert (run["judge"], run["teacher"]) == ("fer-judge-resnet", "fer-teacher-vgg")
+    assert (run["judge"], run["teacher"]) == ("fer-judge-resnet", TEACHER_CLASSIFIER)
     for k in ("command", "machine", "date"):
         assert run[k]
     assert run["command"] == shlex.join(["affectsr", *argv])  # as typed

@@ -46,8 +46,10 @@ EMOTIONS: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surpri
 
 DEFAULT_CLASSIFIER = "fer-mini-xception-ft"
 """Fine-tuned on FER2013 + CK+ train splits; chosen over the plain conversion on the val splits (docs/EMOTION.md)."""
-TEACHER_CLASSIFIER = "fer-teacher-vgg"
-"""Trained here from scratch on FER2013 (all 28,709 Training images) + CK+ + taiwanese_expr train: for training losses."""
+TEACHER_CLASSIFIER = "fer-teacher-vgg2"
+"""For training losses: two VGGs trained here from scratch on FER2013 (all 28,709 Training images) + CK+ +
+taiwanese_expr train, logits averaged over both nets and the mirror image (its card has the figures). The
+shipped SR models trained against the first of them alone, which still ships as ``fer-teacher-vgg``."""
 JUDGE_CLASSIFIER = "fer-judge-resnet"
 """Different architecture and seed, same data, never used by a training loss: for judging SR output."""
 
