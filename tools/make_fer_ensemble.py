@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tools"))
 
-from train_fer_classifier import framing_table, load_cache, predict, report, val_sets  # noqa: E402
+from train_fer_classifier import accuracies, framing_table, load_cache, report, val_sets  # noqa: E402
 
 from affectsr.atomic import atomic_write  # noqa: E402
 from affectsr.emotion.classifier import (  # noqa: E402
@@ -58,10 +58,8 @@ def build_ensemble(members: list[EmotionClassifier], flip: bool) -> EmotionClass
 
 
 def accuracy_table(clf: EmotionClassifier, data: dict, splits=("val", "test")) -> dict[str, dict[str, float]]:
-    out = {}
-    for split in splits:
-        out[split] = {k: float((predict(clf, x).argmax(1) == y).mean()) for k, (x, y) in val_sets(data, split).items()}
-    return out
+    """split -> set -> single-view accuracy through the wrapper (train_fer_classifier's ``accuracies`` per split)."""
+    return {split: accuracies(clf, val_sets(data, split)) for split in splits}
 
 
 def sha256(path: Path) -> str:
