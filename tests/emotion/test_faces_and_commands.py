@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from affectsr.emotion import EMOTIONS, detect_emotions, load_emotion_classifier
+from affectsr.emotion.classifier import TEACHER_CLASSIFIER
 from affectsr.commands.emotion import add_parser
 
 
@@ -48,6 +49,7 @@ def test_emotion_command_json_on_the_bundled_face(tmp_path, capsys, default_face
     assert cli(["emotion", "--json", str(tmp_path / "smile.png"), str(tmp_path / "empty.png")]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["labels"] == list(EMOTIONS)
+    assert doc["classifier"] == TEACHER_CLASSIFIER  # the most accurate shipped reader is the command's default
     smile, empty = doc["images"]
     assert len(smile["faces"]) == 1 and empty["faces"] == []
     face = smile["faces"][0]
