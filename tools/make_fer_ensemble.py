@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import hashlib
 import json
 import platform
 import sys
@@ -31,6 +30,7 @@ sys.path.insert(0, str(REPO / "tools"))
 
 from train_fer_classifier import accuracies, framing_table, load_cache, report, val_sets  # noqa: E402
 
+from affectsr.weights import file_sha256  # noqa: E402
 from affectsr.atomic import atomic_write  # noqa: E402
 from affectsr.emotion.classifier import (  # noqa: E402
     EMOTIONS,
@@ -62,8 +62,6 @@ def accuracy_table(clf: EmotionClassifier, data: dict, splits=("val", "test")) -
     return {split: accuracies(clf, val_sets(data, split)) for split in splits}
 
 
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     for m, src in zip(members, args.members):
         path = Path(src) if Path(src).suffix == ".safetensors" else REPO / "affectsr" / "weights" / f"{src}.safetensors"
         recipe = json.loads(m.metadata.get("recipe", "{}"))
-        sources.append({"file": path.name, "sha256": sha256(path), "arch": m.config.arch, "input_size": m.config.input_size,
+        sources.append({"file": path.name, "sha256": file_sha256(path), "arch": m.config.arch, "input_size": m.config.input_size,
                         "widths": list(m.config.widths), "seed": recipe.get("seed"), "recipe": recipe,
                         "card": path.with_suffix(".md") if path.with_suffix(".md").is_file() else None})
     test_acc = {r.dataset: round(r.accuracy, 6) for r in reports["test"]}

@@ -11,7 +11,6 @@ run this again to fill in the test table). Refuses a run whose weights do not lo
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -26,7 +25,7 @@ from affectsr.atomic import atomic_write  # noqa: E402
 from affectsr.models import PRESETS, count_params, load_model  # noqa: E402
 from affectsr.models.realesrgan import PIP_REQUIREMENT  # noqa: E402
 from affectsr.train.frozen_trunk import export_weights  # noqa: E402
-from affectsr.weights import WEIGHTS_DIR, read_metadata, read_weights  # noqa: E402
+from affectsr.weights import WEIGHTS_DIR, read_metadata, read_weights, shipped_name  # noqa: E402
 
 
 def _overrides(cfg: dict) -> str:
@@ -90,11 +89,7 @@ def _shipped_name(classifier: str) -> str | None:
     path = Path(classifier) if Path(classifier).suffix == ".safetensors" else WEIGHTS_DIR / f"{classifier}.safetensors"
     if not classifier or not path.is_file():
         return None
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    for f in sorted(WEIGHTS_DIR.glob("fer-*.safetensors")):
-        if hashlib.sha256(f.read_bytes()).hexdigest() == digest:
-            return f.stem
-    return None
+    return shipped_name(path, "fer-")
 
 
 def _same_as_shipped(classifier: str) -> str:
