@@ -95,7 +95,8 @@ def run_info(run_dir: Path) -> dict:
     if cfg.is_file():
         c = json.loads(cfg.read_text())
         info.update(batch=c.get("batch_size"), seed=c.get("seed"), lambda_emo=c.get("lambda_emo"),
-                    model=c.get("model"), model_args=c.get("model_args", ""), lr=c.get("lr"))
+                    model=c.get("model"), model_args=c.get("model_args", ""), lr=c.get("lr"),
+                    classifier=c.get("classifier") if c.get("lambda_emo") else None)
     w = run_dir / "ema.safetensors"
     if w.is_file():
         from affectsr.weights import read_metadata
@@ -196,7 +197,11 @@ def main(argv: list[str] | None = None) -> int:
         if trained:
             r0 = trained[0]
             page += [f"- Training budget, identical for every trained row: {r0['steps']} steps of batch {r0['batch']}, "
-                     f"lr {r0['lr']}, seed {r0['seed']}, train splits of the same caches; machine: {r0['machine']}.", ""]
+                     f"lr {r0['lr']}, seed {r0['seed']}, train splits of the same caches; machine: {r0['machine']}."]
+            if loss_teachers := sorted({r["classifier"] for r in trained if r.get("classifier")}):
+                page += [f"- The rows with an emotion loss trained against {', '.join(f'`{t}`' for t in loss_teachers)} "
+                         f"(their config.json); the judge `{summary.get('judge')}` is none of them."]
+            page += [""]
         page += table(summary, runs) + [""]
         page += ["Rows:", ""] + [f"- `{n}` ({ROLES.get(n, ('', ''))[0]}): {ROLES.get(n, ('', 'your model'))[1]}"
                                  for n in summary["models"]] + [""]
