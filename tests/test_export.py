@@ -302,3 +302,25 @@ def test_faces_without_landmarks_skip_the_prior_in_the_graph(tmp_path):
     got = OnnxSRModel(path)(lr, lm)
     assert (got - ref).abs().max().item() <= ATOL
     assert (got[1:2] - net.backbone(lr[1:2])).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("scale", [4, 8])
+def test_residual_bicubic_exports_without_a_cubic_resize(tmp_path, scale):
+    """The full presets' bicubic skip: a Pad + Conv + DepthToSpace in the graph (ORT's cubic Resize took ~4 ms a
+    face at x8), with the same output as PyTorch's F.interpolate on odd and even sizes."""
+    torch.manual_seed(0)
+    net = create_model(f"affectsr-x{scale}", nf=16, nb=1, gc=8, gcn_dims=(8, 8), residual=True).eval()
+    with torch.no_grad():
+        for p in net.backbone.conv_last.parameters():
+            p.normal_(0, 0.01)
+    path = export_onnx(net, tmp_path / "m.onnx", check=False).path
+    assert not [n for n in onnx.load(str(path)).graph.node if n.op_type == "Resize"
+                and any(a.name == "mode" and a.s == b"cubic" for a in n.attribute)]
+    runtime = OnnxSRModel(path)
+    gen = torch.Generator().manual_seed(1)
+    for size in [(8, 8), (7, 10)]:
+        lr, lm = torch.rand(2, 3, *size, generator=gen), _lm(2, gen)
+        lm[1] = float("nan")
+        with torch.no_grad():
+            ref = net(lr, lm)
+        assert (runtime(lr, lm) - ref).abs().max().item() < 1e-4

@@ -15,9 +15,9 @@ from dataclasses import asdict, dataclass
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from .bicubic import bicubic_upsample
 from .face_graph import NUM_LANDMARKS, mediapipe_face_graph
 from .msaf import FusionBlock
 from .prior import PooledPrior, SpatialPrior
@@ -128,7 +128,7 @@ class AffectSRNet(nn.Module):
         """lr: B x 3 x h x w RGB in [0, 1]; landmarks: B x 478 x 3 (x, y in [0, 1] of lr), NaN rows = none."""
         out = self._forward(lr, landmarks)
         if self.config.residual:
-            out = out + F.interpolate(lr, scale_factor=self.scale, mode="bicubic", align_corners=False)
+            out = out + bicubic_upsample(lr, self.scale)  # (an exported graph gets the fast exact form)
         return out
 
     def _forward(self, lr: torch.Tensor, landmarks: torch.Tensor | None) -> torch.Tensor:
