@@ -76,6 +76,16 @@ class ModelConfig:
         return asdict(self)
 
 
+def has_landmarks(landmarks: torch.Tensor) -> torch.Tensor:
+    """B bools: the faces whose 478 x 3 landmark rows are all finite (a NaN row means "no landmarks").
+
+    A traced graph tests the same in 4 ONNX nodes instead of 11: ``x - x`` is exactly 0 where x is finite and NaN
+    where it is NaN or infinite, so a face's sum of them is 0 exactly when every value is finite."""
+    if torch.jit.is_tracing():
+        return (landmarks - landmarks).flatten(1).sum(1) == 0
+    return torch.isfinite(landmarks).flatten(1).all(1)
+
+
 class AffectSRNet(nn.Module):
     def __init__(self, config: ModelConfig | None = None):
         super().__init__()
@@ -136,7 +146,7 @@ class AffectSRNet(nn.Module):
             return self.backbone(lr)
         if landmarks.shape[1:] != (self.num_landmarks, 3) or landmarks.shape[0] != lr.shape[0]:
             raise ValueError(f"landmarks must be {lr.shape[0]} x {self.num_landmarks} x 3, got {tuple(landmarks.shape)}")
-        valid = torch.isfinite(landmarks).flatten(1).all(1)
+        valid = has_landmarks(landmarks)
         idx = valid.nonzero()[:, 0]  # only the faces with landmarks go through the prior and the fusions
         if not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
             if len(idx) == 0:

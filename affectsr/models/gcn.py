@@ -32,15 +32,24 @@ def propagate(x: torch.Tensor, index: torch.Tensor, weight: torch.Tensor) -> tor
     """Â X for X of B x N x C, with Â as :func:`ell_adjacency` gives it (``weight`` N x D, or N x 1 x D as
     :class:`GCN` passes it: shaped once for all its layers, so an exported graph holds one constant)."""
     n, c = x.shape[1:]
-    # the batch is -1 in every reshape: an exported graph may run this with 0 faces (no landmarks)
-    rows = x.transpose(0, 1).reshape(n, -1)  # node-major (N x BC), so each gathered row is contiguous
     if weight.dtype != x.dtype:  # (only where needed: a traced graph then records no Cast)
         weight = weight.to(x.dtype)
     if torch.jit.is_tracing():  # ONNX: Gather + MatMul (embedding_bag would export as a slow Loop)
-        neighbours = rows.index_select(0, index.flatten()).view(n, index.shape[1], -1)  # N x D x BC
+        # nodes, neighbours and channels as constants (fixed by the graph and the weights), so the exported graph
+        # computes no shapes; the batch stays -1 (it may be 0 faces). Alternatives measured slower in ONNX Runtime
+        # (process CPU time, 1 thread, C = 9..68): Gather + Mul + ReduceSum (node- or batch-major), a broadcast
+        # MatMul over a batch-major gather, a gather along a channel-major last axis. A dense Â (one MatMul) is ~2x
+        # faster at 3-9 channels, but the exporter folds it into a 478 x 478 constant per layer (0.9 MB each)
+        n, d, c = int(n), int(index.shape[1]), int(c)
+        rows = x.transpose(0, 1).reshape(n, -1)  # node-major (N x BC), so each gathered row is contiguous
+        neighbours = rows.index_select(0, index.flatten()).view(n, d, -1)  # N x D x BC
         out = torch.bmm(weight if weight.dim() == 3 else weight.unsqueeze(1), neighbours)
-    else:  # the same weighted sum without writing the N x D x BC gather out (4x faster at batch 8)
-        out = F.embedding_bag(index, rows, per_sample_weights=weight.view(index.shape), mode="sum")
+        return out.view(n, -1, c).transpose(0, 1)
+    # the batch is -1 in every reshape: this may run with 0 faces (no landmarks)
+    rows = x.transpose(0, 1).reshape(n, -1)  # node-major (N x BC), so each gathered row is contiguous
+    # the same weighted sum as the traced Gather + MatMul without writing the N x D x BC gather out (4x faster at
+    # batch 8)
+    out = F.embedding_bag(index, rows, per_sample_weights=weight.view(index.shape), mode="sum")
     return out.view(n, -1, c).transpose(0, 1)
 
 
@@ -98,7 +107,8 @@ class GCN(nn.Module):
         the output, folded into the last layer: (Â X W^T + b) P^T + p = Â X (P W)^T + (P b + p), so Â propagates
         P's rows instead of the layer's channels (the same numbers up to float rounding)."""
         # Â's weights as propagate's traced MatMul takes them (N x 1 x D), shaped once for all layers and with
-        # N read from x: the ONNX exporter folds a reshape of a constant into a copy of the table per layer
+        # N read from x: the exporter inlines a (non-persistent) buffer at each use, and folds a reshape of a
+        # constant, into a copy of the table per layer; a reshape whose shape the graph computes is one node
         adj = (self.adj_index, self.adj_weight.view(x.shape[1], 1, -1))
         for layer in self.layers[:-1]:
             x = self.act(layer(x, adj))

@@ -49,6 +49,7 @@ def gaussian_splat(nodes: torch.Tensor, xy: torch.Tensor, size: tuple[int, int],
     gy = gaussian_1d(xy[..., 1], h, sigma)  # B x N x H
     gx = gaussian_1d(xy[..., 0], w, sigma)  # B x N x W
     if torch.jit.is_tracing():  # ONNX Runtime's convs want NCHW: CH x N by N x W (the batch as -1: it may be 0)
+        n, c = int(n), int(c)  # constants of the graph (only the batch and the grid follow the input)
         left = (feats.unsqueeze(-1) * gy.unsqueeze(2)).reshape(-1, n, c * h)  # B x N x CH
         return torch.bmm(left.transpose(1, 2), gx).view(-1, c, h, w)
     # H x N by N x WC: the map comes out channels-last (B x H x W x C), returned as its NCHW view, which

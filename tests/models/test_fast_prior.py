@@ -326,3 +326,50 @@ def test_optimised_pass_under_autocast_and_autograd():
     torch.testing.assert_close(out.float(), ref, atol=0.05, rtol=0)
     model(lr, lm).sum().backward()  # autograd through the plain form
     assert model.fusions[0].proj.weight.grad is not None
+
+
+# --------------------------------------------------- the exported graph's rewrites (torch.jit.is_tracing branches)
+@pytest.mark.parametrize("groups", [1, 4])
+def test_traced_msaf_equals_the_eager_one(groups, monkeypatch):
+    torch.manual_seed(0)
+    m = MSAF(16, 2, groups)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_(0, 0.5)
+    x, p = torch.randn(3, 16, 5, 7), torch.rand(3, 16, 5, 7)
+    eager = m(x, p)
+    monkeypatch.setattr(torch.jit, "is_tracing", lambda: True)  # pooled sum, tiled squeeze, sigmoid of l0 - l1
+    torch.testing.assert_close(m(x, p), eager, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(m(x, p), _msaf_before(m, x, p), atol=1e-6, rtol=1e-6)
+    assert m(x[:0], p[:0]).shape == (0, 16, 5, 7)  # a graph may run with 0 faces
+
+
+def test_traced_landmark_test_equals_isfinite(monkeypatch):
+    from affectsr.models.affectsrnet import has_landmarks
+
+    lm = _landmarks(6)
+    lm[1, 3, 0] = float("nan")
+    lm[2, 0, 2] = float("inf")
+    lm[3, 477, 1] = -float("inf")
+    lm[4] = float("nan")
+    lm[5, 10, 0] = 3e38  # finite, however absurd
+    eager = has_landmarks(lm)
+    assert eager.tolist() == [True, False, False, False, False, True]
+    monkeypatch.setattr(torch.jit, "is_tracing", lambda: True)
+    assert torch.equal(has_landmarks(lm), eager)
+
+
+def test_traced_forward_equals_eager_with_the_bicubic_skip(monkeypatch):
+    """Every traced branch at once (bicubic conv, MSAF, landmark test, gather/scatter) on a residual network."""
+    torch.manual_seed(0)
+    model = create_model("affectsr-x8", **{**SMALL, "residual": True}).eval()
+    _perturb_fusion(model)
+    with torch.no_grad():
+        for p in model.backbone.conv_last.parameters():
+            p.normal_(0, 0.01)
+    lr, lm = torch.rand(3, 3, 7, 6), _landmarks(3)
+    lm[1, 5] = float("inf")
+    with torch.no_grad():
+        eager = model(lr, lm)
+        monkeypatch.setattr(torch.jit, "is_tracing", lambda: True)
+        torch.testing.assert_close(model(lr, lm), eager, atol=1e-5, rtol=0)
