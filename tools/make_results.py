@@ -85,6 +85,8 @@ def load_evaluations(dirs: list[Path]) -> dict:
         for name, m in models.items():
             merged["models"].setdefault(name, m)
         merged["commands"].append(run["command"])
+    order = list(ROLES)  # rows in the page's order whatever the folders' order (unknown names last, as given)
+    merged["models"] = dict(sorted(merged["models"].items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
     return merged
 
 
