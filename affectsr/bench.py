@@ -26,7 +26,8 @@ from .faces import crop_padded, feather_mask, paste
 from .images import resize
 from .landmarks import LandmarkDetector
 from .landmarks.predictor import get_landmarks
-from .models import PRESETS, count_params, create_model, load_model
+from .models import PRESETS, count_params, load_model
+from .models.presets import create_shipped
 from .models.presets import default_model
 from .pipeline import Upscaler
 from .runinfo import machine
@@ -85,7 +86,7 @@ def bench_models(names: list[str], batches: list[int], device: str = "cpu", min_
     for name in names:
         if name not in PRESETS:
             raise ValueError(f"unknown model {name!r}; known: {', '.join(PRESETS)}")
-        base = create_model(name).to(dev).eval()  # speed does not depend on the weights' values
+        base = create_shipped(name).to(dev).eval()  # the shipped config; speed does not depend on the weights' values
         cfg = base.config
         for dname in dtypes:
             dtype = DTYPES[dname]
@@ -129,7 +130,7 @@ def bench_onnx(names: list[str] | None = None, batches: list[int] | None = None,
     gen = torch.Generator().manual_seed(0)
     with tempfile.TemporaryDirectory(prefix="affectsr-onnx-bench-") as tmp:
         for name in names:
-            net = create_model(name).eval()
+            net = create_shipped(name).eval()
             report = export_onnx(net, Path(tmp) / f"{name}.onnx", check=False)
             runtime = OnnxSRModel(report.path)
             cfg = net.config

@@ -70,3 +70,15 @@ def test_bench_frames_times_every_stage():
     assert row.detected == row.super_resolved == 1  # one face, small enough to be super-resolved
     assert row.ms["sr"] > 0 and row.with_landmarks <= 1
     assert "| 1 (1, 1, " in frames_markdown([row])
+
+
+def test_bench_times_the_network_that_ships():
+    """The full presets' files carry the bicubic skip (residual) that the preset config lacks: timing the preset config
+    would leave out a cost users pay (in ONNX Runtime it was ~4 ms per x8 face before issue 17's exact rewrite)."""
+    from affectsr.models.presets import create_model, create_shipped, read_config, weights_path
+
+    for name in ("affectsr-x4", "affectsr-x8", "affectsr-x4-lite"):
+        if weights_path(name) is None:
+            continue
+        assert create_shipped(name).config == read_config(weights_path(name))
+    assert create_shipped("rrdb-x8").config == create_model("rrdb-x8").config

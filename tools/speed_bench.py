@@ -41,7 +41,7 @@ import torch
 
 from affectsr.bench import add_ratios, bench_frames, frames_markdown, machine, rrdb_reference, run_bench, to_markdown
 from affectsr.export import OnnxSRModel, export_onnx
-from affectsr.models import create_model, presets
+from affectsr.models import presets
 from affectsr.models.profile import interleaved_medians
 
 NAMES = ["affectsr-x4", "affectsr-x8", "affectsr-x4-lite", "affectsr-x8-lite"]  # (both -lite ship the cheap prior)
@@ -88,7 +88,7 @@ def paired_ratios(names: list[str], batches: list[int], min_time: float, backend
             if getattr(presets.PRESETS[name][0], "prior", "none") == "none":
                 continue
             ref = rrdb_reference(name)
-            nets = {"torch": (create_model(name).eval(), create_model(ref).eval())}
+            nets = {"torch": (presets.create_shipped(name).eval(), presets.create_shipped(ref).eval())}
             if "onnxruntime" in backends:
                 nets["onnxruntime"] = tuple(OnnxSRModel(export_onnx(n, Path(tmp) / f"{name}-{i}.onnx", check=False).path,
                                                         threads=threads) for i, n in enumerate(nets["torch"]))

@@ -148,6 +148,15 @@ def create_model(name: str = "affectsr-x4", **overrides) -> torch.nn.Module:
     return build_model(replace(base, **overrides))
 
 
+def create_shipped(name: str) -> torch.nn.Module:
+    """A freshly initialised network with the config of what ``load_model(name)`` runs: the shipped file's config
+    where one ships (it can differ from the preset's: the full presets' files have the bicubic skip, ``residual``),
+    else the preset's. For timing (``affectsr bench``, tools/speed_bench.py): speed depends on the config, not on
+    the weights' values, and a timing of the preset's config would not be the network users get."""
+    path = weights_path(name) if name in PRESETS and name not in PACKAGE_WEIGHTS else None
+    return build_model(read_config(path)) if path is not None else create_model(name)
+
+
 def parse_config_overrides(name: str, text: str) -> dict[str, Any]:
     """``"prior=pooled;fusion=concat;gcn_dims=32,64"`` -> typed overrides for preset ``name``'s config.
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .presets import PRESETS, create_model
+from .presets import PRESETS, create_shipped
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
@@ -176,7 +176,7 @@ def profile_presets(names: list[str] | None = None, batches: list[int] | None = 
             raise ValueError(f"unknown model {name!r}; known: {', '.join(PRESETS)}")
         if getattr(PRESETS[name][0], "prior", "none") == "none":
             raise ValueError(f"{name} has no landmark prior to profile (profile the affectsr-* presets)")
-        model = create_model(name)
+        model = create_shipped(name)  # the shipped file's config
         for b in batches or [1]:
             rows += profile_stages(model, b, min_time=min_time, name=name, clock=clock)
     return rows
