@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # docs/RESULTS.md from scratch: caches -> training of every row (tools/train_comparison.sh) -> one
 # `affectsr evaluate` per scale with ours, the ablations and the baselines side by side -> the page.
-# CPU: about 2-3 hours on 2 cores; on a GPU, minutes (set DEVICE=cuda).
+# CPU: about 4 hours on a shared 2-core VM (2026-11-30: ~9 min per -lite row at x4, one evaluation of 16 rows
+# ~70 min); on a GPU, minutes (set DEVICE=cuda).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python}
@@ -23,7 +24,8 @@ for s in 4 8; do
     --scale $s --landmarks detect --device "$DEVICE" --out .data/eval/compare-x$s --overwrite -q
 done
 $PY tools/make_results.py --eval x4=.data/eval/compare-x4 x8=.data/eval/compare-x8 \
-  --runs x4=.data/runs/compare-x4 x8=.data/runs/compare-x8 --out docs --notes "${NOTES:-docs/results/reading.md}"
+  --runs x4=.data/runs/compare-x4 x8=.data/runs/compare-x8 --out docs --notes "${NOTES:-docs/results/reading.md}" \
+  --readme README.md
 
 # The full presets from Real-ESRGAN x4plus (issue 12; docs/TRAINING.md): trunk features once, frozen-trunk
 # training (resumable), ship, evaluate beside bicubic, Real-ESRGAN and the shipped presets, then the section.
