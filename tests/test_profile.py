@@ -53,6 +53,7 @@ def test_bench_profile_cli(capsys, monkeypatch):
 
     small = presets.ModelConfig(scale=8, in_size=4, **SMALL)  # keep the CLI test fast
     monkeypatch.setitem(presets.PRESETS, "affectsr-x8-lite", (small, "tiny"))
+    monkeypatch.setattr(presets, "weights_path", lambda name: None)  # time the tiny config, not the shipped file's
     assert main(["bench", "--profile", "cpu", "--models", "affectsr-x8-lite", "--batch", "1", "--min-time", "0.02"]) == 0
     out = capsys.readouterr().out
     assert "affectsr-x8-lite, batch 1, 4 px input" in out and "| fusion (MSAF) 4x4 |" in out
