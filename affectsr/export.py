@@ -57,8 +57,9 @@ ATOL = 1e-3  # max |ORT - PyTorch| an export may differ by (outputs are images i
 FORMAT = "affectsr-onnx/1"  # bump when the graph's inputs/outputs or metadata change (also keys the cache)
 # bump when the graph of the same weights changes and runs faster (keys the cache, so a file exported before is
 # made again; an old file still loads and gives the same output): 2 = issue 17's RRDB scale, GCN fold, 3 = the bicubic skip as Pad + Conv + DepthToSpace,
-# 4 = MSAF as GlobalAveragePool + Gemms + a sigmoid, constant sizes in GCN/splat/MSAF, a 4-node landmark test
-GRAPH_REVISION = 4
+# 4 = MSAF as GlobalAveragePool + Gemms + a sigmoid, constant sizes in GCN/splat/MSAF, a 4-node landmark test,
+# 5 = the SRCNN/FSRNet/DIC baselines' bicubic path as the same Pad + Conv + DepthToSpace
+GRAPH_REVISION = 5
 INSTALL_HINT = "pip install affectsr[onnx]"
 META = "affectsr."  # prefix of our metadata_props keys
 

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .bicubic import bicubic_upsample
 from .face_graph import NUM_LANDMARKS
 from .heatmaps import (
     NUM_KEYPOINTS,
@@ -139,7 +140,7 @@ class DIC(nn.Module):
         if lr.ndim != 4 or lr.shape[1] != 3:
             raise ValueError(f"lr must be B x 3 x h x w, got {tuple(lr.shape)}")
         c = self.config
-        up = F.interpolate(lr, scale_factor=self.scale, mode="bicubic", align_corners=False)
+        up = bicubic_upsample(lr, self.scale)  # an exported graph gets the exact conv form, not a slow cubic Resize
         x = self.head(lr)
         hidden, heat, lm_hidden = x, None, None
         srs, heats = [], []

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .bicubic import bicubic_upsample
 from .face_graph import NUM_LANDMARKS
 from .heatmaps import NUM_KEYPOINTS, HeatmapEstimator, ResBlock, heatmap_loss
 
@@ -92,7 +93,7 @@ class FSRNet(nn.Module):
         """
         if lr.ndim != 4 or lr.shape[1] != 3:
             raise ValueError(f"lr must be B x 3 x h x w, got {tuple(lr.shape)}")
-        up = F.interpolate(lr, scale_factor=self.scale, mode="bicubic", align_corners=False)
+        up = bicubic_upsample(lr, self.scale)  # an exported graph gets the exact conv form, not a slow cubic Resize
         coarse = up + self.coarse(up)
         enc = self.encoder(coarse)
         heatmaps, prior = self.prior(coarse)

@@ -14,8 +14,9 @@ from dataclasses import asdict, dataclass
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from .bicubic import bicubic_upsample
 
 
 @dataclass(frozen=True)
@@ -56,5 +57,5 @@ class SRCNN(nn.Module):
 
     def forward(self, lr: torch.Tensor, landmarks: torch.Tensor | None = None) -> torch.Tensor:
         # torch's bicubic (a = -0.75) differs slightly from PIL's; the residual absorbs it
-        up = F.interpolate(lr, scale_factor=self.scale, mode="bicubic", align_corners=False)
+        up = bicubic_upsample(lr, self.scale)  # an exported graph gets the exact conv form, not a slow cubic Resize
         return up + self.body(up)
