@@ -27,8 +27,7 @@ from .images import resize
 from .landmarks import LandmarkDetector
 from .landmarks.predictor import get_landmarks
 from .models import PRESETS, count_params, load_model
-from .models.presets import create_shipped
-from .models.presets import default_model
+from .models.presets import create_shipped, default_model
 from .pipeline import Upscaler
 from .runinfo import machine
 

@@ -45,6 +45,7 @@ from .models import ARCHITECTURES, PRESETS, WeightsNotFoundError, load_model
 from .models.presets import default_model, weights_path
 from .runinfo import package_version
 from .types import SRModel, check_scale, uses_landmarks
+from .weights import file_sha256
 
 __all__ = [
     "ATOL", "DEFAULT_OPSET", "MIN_OPSET", "ExportError", "ExportReport", "OnnxSRModel", "default_cache_dir", "export_onnx",
@@ -119,14 +120,6 @@ def _config_from(arch: str, d: dict) -> Any:
     return types.SimpleNamespace(**d)
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _sha256_state(model: nn.Module) -> str:
     h = hashlib.sha256()
     for k, v in model.state_dict().items():
@@ -164,7 +157,7 @@ def _resolve(model_or_name: SRModel | str | Path) -> tuple[nn.Module, str, str, 
     weights = weights_file(name)
     net = load_model(name)  # a damaged file raises WeightsError, which names it
     label = name if name in PRESETS else weights.stem
-    return net, label, _sha256_file(weights), True
+    return net, label, file_sha256(weights), True
 
 
 # --- export ------------------------------------------------------------------------------------------
@@ -406,7 +399,7 @@ def onnx_for(name_or_path: str | Path, cache_dir: str | Path | None = None, opse
             raise FileNotFoundError(f"{p}: no such ONNX file")
         return p
     weights = weights_file(str(name_or_path))
-    key = f"{_sha256_file(weights)}|{FORMAT}|graph{GRAPH_REVISION}|opset{opset}"
+    key = f"{file_sha256(weights)}|{FORMAT}|graph{GRAPH_REVISION}|opset{opset}"
     key = hashlib.sha256(key.encode()).hexdigest()[:16]
     stem = str(name_or_path) if str(name_or_path) in PRESETS else weights.stem
     out = Path(cache_dir) if cache_dir is not None else default_cache_dir()

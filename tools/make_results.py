@@ -225,24 +225,26 @@ def per_image(dirs: list[Path]) -> dict[str, dict[str, dict]]:
     return out
 
 
+def paired_ci(a: list[float], b: list[float], scale: float = 100, spec: str = "+.1f") -> str:
+    """``mean(a - b) [low, high]`` on the same faces, a paired-bootstrap 95 % interval, times ``scale`` (100: points)."""
+    from affectsr.fairness.stats import paired_difference
+
+    d, lo, hi = paired_difference(a, b)
+    return f"{scale * d:{spec}} [{scale * lo:{spec}}, {scale * hi:{spec}}]"
+
+
 def contrasts(rows: dict[str, dict[str, dict]]) -> list[str]:
     """Paired differences on the same faces with bootstrap 95 % intervals (affectsr.fairness.stats.paired_difference):
     a gap whose interval holds 0 is not a finding at this budget."""
-    from affectsr.fairness.stats import paired_difference
-
-    def ci(a: list[float], b: list[float], scale: float, spec: str) -> str:
-        d, lo, hi = paired_difference(a, b)
-        return f"{scale * d:{spec}} [{scale * lo:{spec}}, {scale * hi:{spec}}]"
-
     lines = ["| question | rows | Δ PSNR-Y (dB) | Δ agreement, judge (pp) | Δ NME mouth (x1000) |", "|---|---|---:|---:|---:|"]
     for question, a, b in CONTRASTS:
         if a not in rows or b not in rows:
             continue
         ids = [i for i in rows[a] if i in rows[b]]
-        psnr = ci([float(rows[a][i]["psnr"]) for i in ids], [float(rows[b][i]["psnr"]) for i in ids], 1, "+.2f")
-        agree = ci([int(rows[a][i]["agree"]) for i in ids], [int(rows[b][i]["agree"]) for i in ids], 100, "+.1f")
+        psnr = paired_ci([float(rows[a][i]["psnr"]) for i in ids], [float(rows[b][i]["psnr"]) for i in ids], 1, "+.2f")
+        agree = paired_ci([int(rows[a][i]["agree"]) for i in ids], [int(rows[b][i]["agree"]) for i in ids], 100, "+.1f")
         m_ids = [i for i in ids if rows[a][i]["nme_mouth"] != "" and rows[b][i]["nme_mouth"] != ""]
-        mouth = ci([float(rows[a][i]["nme_mouth"]) for i in m_ids], [float(rows[b][i]["nme_mouth"]) for i in m_ids],
+        mouth = paired_ci([float(rows[a][i]["nme_mouth"]) for i in m_ids], [float(rows[b][i]["nme_mouth"]) for i in m_ids],
                    1000, "+.1f") if m_ids else "n/a"
         lines.append(f"| {question} | `{a}` - `{b}` | {psnr} | {agree} | {mouth} |")
     return lines if len(lines) > 2 else []
