@@ -102,14 +102,19 @@ def _msaf_before(m: MSAF, x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     return (stacked * attn[..., None, None]).sum(1)
 
 
-@pytest.mark.parametrize("groups", [1, 4])
-def test_msaf_equals_the_stacked_formulation(groups):
+def _random_msaf(groups: int) -> tuple[MSAF, torch.Tensor, torch.Tensor]:
+    """An MSAF with non-trivial random weights (seed 0) and an image / prior map pair for it."""
     torch.manual_seed(0)
     m = MSAF(16, 2, groups)
     with torch.no_grad():
         for p in m.parameters():
             p.normal_(0, 0.5)
-    x, p = torch.randn(3, 16, 5, 7), torch.rand(3, 16, 5, 7)
+    return m, torch.randn(3, 16, 5, 7), torch.rand(3, 16, 5, 7)
+
+
+@pytest.mark.parametrize("groups", [1, 4])
+def test_msaf_equals_the_stacked_formulation(groups):
+    m, x, p = _random_msaf(groups)
     torch.testing.assert_close(m(x, p), _msaf_before(m, x, p), atol=1e-6, rtol=1e-6)
 
 
@@ -331,12 +336,7 @@ def test_optimised_pass_under_autocast_and_autograd():
 # --------------------------------------------------- the exported graph's rewrites (torch.jit.is_tracing branches)
 @pytest.mark.parametrize("groups", [1, 4])
 def test_traced_msaf_equals_the_eager_one(groups, monkeypatch):
-    torch.manual_seed(0)
-    m = MSAF(16, 2, groups)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.normal_(0, 0.5)
-    x, p = torch.randn(3, 16, 5, 7), torch.rand(3, 16, 5, 7)
+    m, x, p = _random_msaf(groups)
     eager = m(x, p)
     monkeypatch.setattr(torch.jit, "is_tracing", lambda: True)  # pooled sum, tiled squeeze, sigmoid of l0 - l1
     torch.testing.assert_close(m(x, p), eager, atol=1e-6, rtol=1e-6)
