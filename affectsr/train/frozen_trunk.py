@@ -36,7 +36,7 @@ from ..emotion.loss import EmotionConsistencyLoss
 from ..images import resize
 from ..metrics import psnr_y, to_tensor
 from ..models.affectsrnet import AffectSRNet, ModelConfig
-from ..models.presets import PRESETS, read_config, read_state, save_weights
+from ..models.presets import PRESETS, load_model, parse_config_overrides, read_config, read_state, save_weights
 from ..models.realesrgan import base_metadata, rrdb_state_dict
 from ..runinfo import machine
 from ..weights import read_metadata, write_weights
@@ -52,6 +52,10 @@ class FrozenTrunkConfig:
     data: list[str] = field(default_factory=list)  # the prepared face caches the trunk cache was built from
     eval_cache: str = ""  # optional trunk cache (e.g. of the test split) evaluated at every checkpoint
     model: str = "affectsr-x4"  # the preset whose architecture is trained (nf64 nb23 for Real-ESRGAN's trunk)
+    model_args: str = ""  # overrides of the preset's config, "key=value;..." (e.g. fusion_stages=3)
+    # start from a trained SR model (a preset or weights file): its tensors that fit this network replace Real-ESRGAN's
+    # and the fresh ones (a fine-tune, e.g. to a cheaper prior); the rest keeps the usual start
+    init: str = ""
     residual: bool = True  # global bicubic skip
     train_blocks: int = 2  # the last RRDB blocks trained with trunk_conv (the rest stays Real-ESRGAN's)
     up3_init: str = "dirac"  # x8: the new third x2 stage starts as identity ('dirac') or PyTorch's default
@@ -73,7 +77,7 @@ class FrozenTrunkConfig:
     def __post_init__(self) -> None:
         if self.model not in PRESETS or not isinstance(PRESETS[self.model][0], ModelConfig):
             raise ValueError(f"model must be an AffectSRNet preset, got {self.model!r}")
-        cfg = PRESETS[self.model][0]
+        cfg = self.model_config()
         if (cfg.nf, cfg.nb, cfg.gc) != (64, 23, 32):
             raise ValueError(f"{self.model} is nf{cfg.nf} nb{cfg.nb} gc{cfg.gc}; Real-ESRGAN's trunk is nf64 nb23 gc32")
         if self.up3_init not in ("dirac", "default"):
@@ -83,10 +87,16 @@ class FrozenTrunkConfig:
         if self.crop and self.crop % (cfg.scale * 4):
             raise ValueError(f"crop must be a multiple of {cfg.scale * 4} at x{cfg.scale}, got {self.crop}")
 
+    def model_config(self) -> ModelConfig:
+        """The trained network's config: the preset's, with ``residual`` and ``model_args`` applied."""
+        return replace(PRESETS[self.model][0], residual=self.residual,
+                       **parse_config_overrides(self.model, self.model_args))
+
 
 def build_model(cfg: FrozenTrunkConfig) -> AffectSRNet:
-    """The preset's AffectSRNet with Real-ESRGAN x4plus loaded into its RRDB (conv_last re-zeroed with the skip)."""
-    model = AffectSRNet(replace(PRESETS[cfg.model][0], residual=cfg.residual))
+    """The preset's AffectSRNet with Real-ESRGAN x4plus loaded into its RRDB (conv_last re-zeroed with the skip), then
+    ``cfg.init``'s tensors where they fit."""
+    model = AffectSRNet(cfg.model_config())
     model.load_backbone(rrdb_state_dict())
     bb = model.backbone
     if cfg.residual:  # load_backbone brought Real-ESRGAN's conv_last: zero it so training starts at bicubic
@@ -95,6 +105,14 @@ def build_model(cfg: FrozenTrunkConfig) -> AffectSRNet:
     if bb.num_up == 3 and cfg.up3_init == "dirac":
         torch.nn.init.dirac_(bb.upconv3.weight)
         torch.nn.init.zeros_(bb.upconv3.bias)
+    if cfg.init:
+        src = load_model(cfg.init)
+        if getattr(src.config, "scale", None) != model.scale or getattr(src.config, "residual", None) != cfg.residual:
+            raise ValueError(f"init {cfg.init} is x{getattr(src.config, 'scale', '?')} residual="
+                             f"{getattr(src.config, 'residual', '?')}; this run is x{model.scale} residual={cfg.residual}")
+        own = model.state_dict()
+        fit = {k: v for k, v in src.state_dict().items() if k in own and v.shape == own[k].shape}
+        model.load_state_dict(fit, strict=False)
     return model
 
 
@@ -252,7 +270,7 @@ def train_frozen_trunk(cfg: FrozenTrunkConfig, log=print) -> dict:
                                 "step": step, "elapsed": elapsed, "cpu": cpu})
         save_weights(model, out / "model.safetensors", half=False,
                      metadata={"steps": str(step), "wall_s": f"{elapsed:.0f}", "cpu_s": f"{cpu:.0f}", "machine": machine(),
-                               "init": "realesrgan-x4plus", "trained": json.dumps(sorted(mods))})
+                               "init": "realesrgan-x4plus" + (f" + {cfg.init}" if cfg.init else ""), "trained": json.dumps(sorted(mods))})
         rec = {"step": step, "wall_s": round(elapsed, 1), "cpu_s": round(cpu, 1), "final": final}
         if te is not None and (evaluate or final):
             t = time.perf_counter()

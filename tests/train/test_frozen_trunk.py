@@ -41,6 +41,27 @@ def test_fresh_model_is_bicubic_and_x8_stage_is_identity():
     assert torch.equal(model.backbone.RRDB_trunk[5].RDB2.conv3.weight, rrdb_state_dict()["RRDB_trunk.5.RDB2.conv3.weight"])
 
 
+def test_init_fine_tunes_a_trained_model_into_a_cheaper_config(tmp_path):
+    """model_args + init: a trained model's tensors carry over where they fit (here: all but the dropped fusion), so a
+    fine-tune to fewer fusion stages starts from the trained network, not from Real-ESRGAN."""
+    src = build_model(FrozenTrunkConfig(out="o", trunk_cache="t", model="affectsr-x8"))
+    with torch.no_grad():
+        for p in src.parameters():
+            p.add_(torch.rand_like(p) * 1e-2)  # a "trained" model: every tensor differs from the fresh start
+    from affectsr.models import save_weights
+    path = save_weights(src, tmp_path / "trained.safetensors", half=False)
+    cfg = FrozenTrunkConfig(out="o", trunk_cache="t", model="affectsr-x8", model_args="fusion_stages=3", init=str(path))
+    model = build_model(cfg)
+    assert model.config.fusion_stages == 3 and len(model.fusions) == 3 and model.config.residual
+    own, theirs = model.state_dict(), src.state_dict()
+    assert set(theirs) - set(own) == {k for k in theirs if k.startswith(("fusions.3.", "prior.heads.3.", "prior.to_splat.3."))}
+    assert all(torch.equal(v, theirs[k]) for k, v in own.items())
+    with pytest.raises(ValueError, match="fusion_stages"):
+        FrozenTrunkConfig(out="o", trunk_cache="t", model="affectsr-x8", model_args="fusion_stages=9")
+    with pytest.raises(ValueError, match="residual"):
+        build_model(FrozenTrunkConfig(out="o", trunk_cache="t", model="affectsr-x8", residual=False, init=str(path)))
+
+
 @pytest.mark.slow
 def test_train_resume_export_load(tiny_cache, tmp_path, capsys):
     data = str(tiny_cache)
