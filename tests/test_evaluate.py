@@ -108,9 +108,41 @@ def test_end_to_end_files_and_keys(eval_run):
     assert "its emotion loss trained against `fer-teacher-vgg`" in md
     with Image.open(out / "grid.png") as g:
         assert g.size[0] == 128 * 4  # LR | bicubic | affectsr-x4-lite | HR
+    # probs.npz: the FER distributions per face in per_image.csv's order; ECM recomputed from them is the summary's
+    from affectsr.emotion import ecm
+
+    with np.load(out / "probs.npz") as z:
+        assert {"ids", "judge.hr", "judge.bicubic", "judge.affectsr-x4-lite", "teacher.hr", "teacher.bicubic"} <= set(z.files)
+        assert list(z["ids"]) == [r["image"] for r in rows if r["model"] == "bicubic"]
+        assert z["judge.hr"].shape == (3, 7) and np.allclose(z["judge.hr"].sum(1), 1, atol=1e-4)
+        assert ecm(z["judge.hr"], z["judge.bicubic"]) == pytest.approx(s["bicubic"]["judge_ecm"], rel=1e-4, abs=1e-3)
 
 
 @pytest.mark.slow
+@pytest.mark.slow
+def test_quality_check_reads_an_evaluation(eval_run, capsys):
+    """tools/quality_check.py on a real evaluate folder: the paired table, ECM with an interval, a verdict as exit code."""
+    import importlib.util
+    from pathlib import Path
+
+    tool = Path(__file__).resolve().parents[1] / "tools" / "quality_check.py"
+    spec = importlib.util.spec_from_file_location("quality_check", tool)
+    qc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(qc)
+    _, out, _ = eval_run
+    rc = qc.main([str(out), "--new", "bicubic", "--old", "bicubic"])
+    text = capsys.readouterr().out
+    assert rc == 0 and "| PSNR-Y (dB) |" in text and "+0.000 [+0.000, +0.000] | 3 |" in text
+    assert "| ECM, judge (lower better) |" in text and "quality held" in text
+    # the bar: a PSNR loss beyond the tolerance, or an agreement interval below 0, fails
+    assert qc.verdict({"psnr": (30.0, -0.06, -0.1, -0.02, 9), "agree": (0.9, 0.0, -0.02, 0.02, 9)}, 0.05)[0] is False
+    assert qc.verdict({"psnr": (30.0, -0.04, -0.1, 0.02, 9), "agree": (0.9, -0.03, -0.05, -0.01, 9)}, 0.05)[0] is False
+    assert qc.verdict({"psnr": (30.0, -0.04, -0.1, 0.02, 9), "agree": (0.9, -0.01, -0.05, 0.01, 9),
+                       "ecm_judge": (10.0, 1.0, -1.0, 3.0, 9)}, 0.05)[0] is True
+    with pytest.raises(SystemExit):
+        qc.main([str(out), "--new", "nope", "--old", "bicubic"])
+
+
 def test_bicubic_psnr_matches_independent_computation(eval_run, face_folder):
     rc, out, _ = eval_run
     from affectsr.data.prepare import PrepareConfig, discover, process_image

@@ -350,5 +350,5 @@ def run_evaluation(faces: list[Face], models: dict, scale: int, landmarks: str =
     finally:
         bar.close()
     return {"rows": rows, "models": summaries, "examples": examples, "probs": probs, "teacher_probs": teacher_probs,
-            "judge": clf.name, "teacher": tea.name if tea is not None else None, "notes": notes,
+            "ids": [f.id for f in faces], "judge": clf.name, "teacher": tea.name if tea is not None else None, "notes": notes,
             "classifier": clf.name}

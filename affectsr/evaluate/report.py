@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageDraw
 
 from ..atomic import atomic_write
@@ -108,8 +109,26 @@ def _scatter(summary: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def _write_probs(path: Path, result: dict) -> None:
+    """``probs.npz``: the FER distributions per face, in per_image.csv's face order: ``judge.hr``, ``judge.<model>``
+    (and ``teacher.*``), ``ids``. Set-level metrics such as ECM have no per-face value, so an interval on a difference
+    of them (tools/quality_check.py) resamples these."""
+    arrays = {f"judge.{k}": np.asarray(v, np.float32) for k, v in result.get("probs", {}).items()}
+    arrays |= {f"teacher.{k}": np.asarray(v, np.float32) for k, v in result.get("teacher_probs", {}).items()}
+    if not arrays:
+        return
+    arrays["ids"] = np.asarray(result.get("ids", []), dtype=str)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+
+    atomic_write(path, write)
+
+
 def write_outputs(out: Path, result: dict, summary: dict, scale: int) -> None:
-    """``per_image.csv``, ``summary.json``, ``run.json``, ``summary.md``, ``grid.png`` and ``psnr_vs_ecm.png`` in ``out``."""
+    """``per_image.csv``, ``summary.json``, ``run.json``, ``summary.md``, ``probs.npz``, ``grid.png`` and
+    ``psnr_vs_ecm.png`` in ``out``."""
     fields = ["image", "model", "label", "psnr", "ssim", "hr_pred", "sr_pred", "agree", "p_hr_top",
               "p_sr_of_hr_top", "teacher_hr_pred", "teacher_sr_pred", "teacher_agree", "nme", "nme_mouth", "nme_eyes",
               "nme_brows", "identity_cos", "identity_dist", "lr_landmarks"]
@@ -127,5 +146,6 @@ def write_outputs(out: Path, result: dict, summary: dict, scale: int) -> None:
     atomic_write(out / "summary.json", lambda tmp: Path(tmp).write_text(models_json))
     atomic_write(out / "run.json", lambda tmp: Path(tmp).write_text(run_json))
     atomic_write(out / "summary.md", lambda tmp: Path(tmp).write_text(_markdown(summary)))
+    _write_probs(out / "probs.npz", result)
     _grid(result["examples"], list(result["models"]), scale, out / "grid.png")
     _scatter(summary, out / "psnr_vs_ecm.png")

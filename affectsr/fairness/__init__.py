@@ -7,8 +7,8 @@ synthetic occluders, with Wilson and paired-bootstrap intervals.
 """
 from .occluders import OCCLUSIONS, occlude, occluder_mask
 from .report import DEFAULT_DATASETS, DEFAULT_GROUPS, default_models, run_report, summary_lines
-from .stats import AGE_BINS, SMALL_GROUP, age_bin, group_metrics, paired_difference, wilson_interval
+from .stats import AGE_BINS, SMALL_GROUP, age_bin, group_metrics, paired_difference, paired_statistic, wilson_interval
 
 __all__ = ["AGE_BINS", "DEFAULT_DATASETS", "DEFAULT_GROUPS", "OCCLUSIONS", "SMALL_GROUP", "age_bin", "default_models",
-           "group_metrics", "occlude", "occluder_mask", "paired_difference", "run_report", "summary_lines",
+           "group_metrics", "occlude", "occluder_mask", "paired_difference", "paired_statistic", "run_report", "summary_lines",
            "wilson_interval"]
