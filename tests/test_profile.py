@@ -18,7 +18,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.mark.parametrize("clock", ["wall", "cpu"])
 def test_profile_covers_every_stage(clock):
-    model = create_model("affectsr-x4", **SMALL, **FAST["affectsr-x4-lite"])  # fusion after the trunk and at 2x only
+    # the cheap prior with two fusion stages (after the trunk and at 2x), so the profile shows a pooled scale too
+    model = create_model("affectsr-x4", **SMALL, **{**FAST["affectsr-x4-lite"], "fusion_stages": 2})
     rows = profile_stages(model, batch=2, lr_size=8, min_time=0.05, name="tiny", clock=clock)
     stages = [r.stage for r in rows]
     assert stages[:2] == ["gcn", "prior splat 16x16"]  # splat once, at the largest fused scale

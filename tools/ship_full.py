@@ -36,7 +36,7 @@ def _delta(name: str, m: dict, bicubic: dict) -> str:
     return "-" if name == "bicubic" else f"{m['psnr'] - bicubic['psnr']:+.2f}"
 
 
-def card(preset: str, run: Path, info: dict, evals: dict | None) -> str:
+def card(preset: str, run: Path, info: dict, evals: dict | None, quality: str = "") -> str:
     cfg = json.loads((run / "config.json").read_text())
     log = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines() if x.strip()]
     meta = read_metadata(run / "model.safetensors", "sr")
@@ -48,7 +48,19 @@ def card(preset: str, run: Path, info: dict, evals: dict | None) -> str:
              f"frozen: {'the trunk and both x4 stages from Real-ESRGAN, the third x2 stage new; ' if scale == 8 else ''}"
              f"the last {cfg['train_blocks']} RRDB blocks, trunk_conv, the landmark prior + GCN, the MSAF fusions and the "
              f"upsampling path trained, with a global bicubic skip (`residual=true`). "
-             f"A CPU-budget run ({last['step']} steps): far from converged.", "",
+             f"A CPU-budget run ({last['step']} steps): far from converged.", ""]
+    if cfg.get("init"):
+        im = read_metadata(cfg["init"], "sr")
+        lines[-2] = (f"{PRESETS[preset][1]}. **Fine-tuned from an earlier release** (`{Path(cfg['init']).name}`: "
+                     f"initialised from Real-ESRGAN x4plus, {im.get('steps', '?')} frozen-trunk steps, "
+                     f"{float(im.get('wall_s', 'nan')) / 60:.0f} min) for {last['step']} more steps with the trunk frozen "
+                     f"as it was, into the config `{cfg.get('model_args') or 'of the preset'}` (the tensors that fit "
+                     f"carried over): the last {cfg['train_blocks']} RRDB blocks, trunk_conv, the landmark prior + GCN, the "
+                     f"MSAF fusions and the upsampling path trained, with the global bicubic skip. Still a CPU-budget "
+                     f"model, far from converged.")
+    elif cfg.get("model_args"):
+        lines[-2] += f" Config overrides: `{cfg['model_args']}`."
+    lines += [
              "## Source and licence", "",
              f"- Pretrained weights: Real-ESRGAN x4plus (Wang et al. 2021, xinntao/Real-ESRGAN, BSD-3-Clause), read from the "
              f"ncnn files of the pip package `{PIP_REQUIREMENT}` (MIT in its metadata) and checked by sha256 "
@@ -79,6 +91,8 @@ def card(preset: str, run: Path, info: dict, evals: dict | None) -> str:
                   "| model | PSNR-Y | Δ bicubic | SSIM-Y | ECM ↓ | agreement ↑ |", "|---|---:|---:|---:|---:|---:|"]
         lines += [f"| {n} | {m['psnr']:.2f} | {_delta(n, m, b)} | {m['ssim']:.4f} | "
                   f"{m['ecm']:.3f} | {100 * m['agreement']:.1f}% |" for n, m in ms.items()] + [""]
+    if quality:
+        lines += ["## Against the release it replaces", "", quality.strip(), ""]
     lines += ["## Resume", "", f"Call the training command again with the same `out` and a larger `minutes=`: it continues "
               f"from `out/last.pt` (step {last['step']}); then `python tools/ship_full.py {preset} --run <out>`.", ""]
     return "\n".join(lines)
@@ -104,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run", required=True)
     ap.add_argument("--eval", nargs="*", default=[], help="evaluate folders with a row named after the preset")
     ap.add_argument("--no-weights", action="store_true", help="only rewrite the card")
+    ap.add_argument("--quality", type=Path, help="markdown (tools/quality_check.py's output and its command) for the "
+                                                 "card's section on the release this one replaces")
     a = ap.parse_args(argv)
     run = Path(a.run)
     dst = WEIGHTS_DIR / f"{a.preset}.safetensors"
@@ -121,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     evals = load_evaluations([Path(e) for e in a.eval]) if a.eval else None
     if evals and a.preset not in evals["models"]:
         raise SystemExit(f"no row {a.preset!r} in {a.eval}")
-    text = card(a.preset, run, info, evals)
+    text = card(a.preset, run, info, evals, a.quality.read_text() if a.quality else "")
     atomic_write(WEIGHTS_DIR / f"{a.preset}.md", lambda tmp: Path(tmp).write_text(text))
     print(f"wrote {dst} and {WEIGHTS_DIR / (a.preset + '.md')}")
     return 0

@@ -41,6 +41,8 @@ def main() -> int:
     ap.add_argument("--force", action="store_true")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (more than the free cores is very slow)")
     ap.add_argument("--script", default="tools/train_lite.sh", help="the script that ran the training (for the card)")
+    ap.add_argument("--quality", type=Path, help="markdown (tools/quality_check.py's output and its command) for the "
+                                                 "card's section on the release this one replaces")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     run = Path(a.run)
@@ -80,7 +82,8 @@ def main() -> int:
     (docs / f"{a.preset}-eval.json").write_text(json.dumps(results, indent=2))
     if (run / "curves.png").is_file():
         shutil.copyfile(run / "curves.png", docs / f"{a.preset}-curves.png")
-    (WEIGHTS_DIR / f"{a.preset}.md").write_text(card(a.preset, meta, cfg, results, a.script, init_meta, teacher))
+    (WEIGHTS_DIR / f"{a.preset}.md").write_text(card(a.preset, meta, cfg, results, a.script, init_meta, teacher,
+                                                          a.quality.read_text() if a.quality else ""))
     print(f"shipped {dst} and {pred_dst}")
     return 0
 
@@ -104,8 +107,10 @@ def _origin(meta: dict, cfg: dict, init_meta: dict | None, teacher: TeacherOutpu
     if not cfg.get("init"):
         return (f"trained for {int(meta['steps'])} steps ({minutes:.0f} min) on a shared 2-core CPU, from scratch "
                 f"(no pretrained RRDB backbone)")
-    prev = (f" ({init_meta['steps']} steps, {float(init_meta['train_seconds']) / 60:.0f} min from scratch)"
-            if init_meta and "steps" in init_meta and "train_seconds" in init_meta else "")
+    prev = ""
+    if init_meta and "steps" in init_meta and "train_seconds" in init_meta:
+        scratch = "" if json.loads(init_meta.get("train_config", "{}")).get("init") else " from scratch"
+        prev = f" (its own run: {init_meta['steps']} steps, {float(init_meta['train_seconds']) / 60:.0f} min{scratch})"
     fit = " (the tensors whose shape fits; the rest starts fresh)" if cfg.get("init_partial") else ""
     text = (f"continued from the previous `{Path(cfg['init']).name}`{prev}{fit} for {int(meta['steps'])} steps "
             f"({minutes:.0f} min) on a shared 2-core CPU")
@@ -116,7 +121,7 @@ def _origin(meta: dict, cfg: dict, init_meta: dict | None, teacher: TeacherOutpu
 
 
 def card(preset: str, meta: dict, cfg: dict, res: dict, script: str = "tools/train_lite.sh",
-         init_meta: dict | None = None, teacher: TeacherOutputs | None = None) -> str:
+         init_meta: dict | None = None, teacher: TeacherOutputs | None = None, quality: str = "") -> str:
     r = res["all"]["auto"]
     n = res["nme"]
     minutes = float(meta["train_seconds"]) / 60
@@ -130,6 +135,7 @@ def card(preset: str, meta: dict, cfg: dict, res: dict, script: str = "tools/tra
               f"`affectsr cache-teacher --teacher {teacher.meta['teacher']}`; {len(teacher):,} train faces"
               + (f", {cfg['kd_batch']} of them added to every batch" if cfg.get("kd_batch") else "") + ")")
     arch = f"; model_args `{cfg['model_args']}`" if cfg.get("model_args") else ""
+    replaces = f"\n## Against the release it replaces\n\n{quality.strip()}\n" if quality else ""
     per = "\n\n".join(f"**{name}** (test split, LR landmarks auto):\n\n{_table(x)}" for name, x in res["per_dataset"].items())
     return f"""# {preset}
 
@@ -171,7 +177,7 @@ With MediaPipe landmarks only (`--landmarks detect`; no prior where none is foun
 {_table(res['all']['detect'])}
 
 {per}
-
+{replaces}
 ## Landmark predictor (`{preset}.landmarks.safetensors`)
 
 A small CNN ({n['lr_side']} px LR -> 478 x 3 landmarks), trained on the same train splits against the landmarks

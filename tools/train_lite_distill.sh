@@ -17,6 +17,10 @@
 # The shipped affectsr-x8-lite (2026-11-29, 1 thread at nice 0 beside 3-6 other jobs): one segment, STEPS=1400, 57 min,
 # TEACHER = affectsr-x8 at step 442 of its frozen-trunk run (a copy of the run's model.safetensors), TRUNK = that
 # run's train trunk cache.
+# The shipped files of 2026-11-30 (fusion_stages=1, issue 17) fine-tune those of 2026-11-29 (fusion_stages=2), every
+# tensor of which fits (the second fusion is dropped): INIT=<copy of the 2026-11-29 file> INIT_SKIP= STEPS=700
+# LR=1e-4 tools/train_lite_distill.sh 4|8, TRUNK unused (the teacher.npz of the 2026-11-29 run linked into OUT),
+# both runs at once at 1 thread each beside a third job (x4: 27 min, x8: 21 min).
 # INIT: the previous -lite weights (default: a copy of the shipped file, made once in $OUT, so that shipping the
 # result does not change the start of a resumed or repeated run; after shipping, take the previous release from git).
 set -euo pipefail
@@ -39,7 +43,7 @@ if [ ! -f "$OUT/teacher.npz" ]; then
 fi
 FAST_ARGS=$($PY -c "from affectsr.models.presets import FAST; print(';'.join(f'{k}={v}' for k, v in FAST['$PRESET'].items()))")
 OMP_NUM_THREADS=1 $PY -m affectsr train model="$PRESET" model_args="$FAST_ARGS" data="$DATA" out="$OUT/run" \
-  init="$INIT" init_partial=true init_skip=fusions.,prior.heads,prior.to_splat \
+  init="$INIT" init_partial=true init_skip=${INIT_SKIP-fusions.,prior.heads,prior.to_splat} \
   teacher="$OUT/teacher.npz" lambda_kd=${LAMBDA_KD:-1.0} kd_batch=${KD_BATCH:-4} \
-  steps="$STEPS" batch_size=8 lr=2e-4 warmup=50 lambda_emo=0.02 landmarks=detect seed=0 \
+  steps="$STEPS" batch_size=8 lr=${LR:-2e-4} warmup=50 lambda_emo=0.02 landmarks=detect seed=0 \
   val_every=250 val_max=128 ckpt_minutes=3 threads=1 "$@"
