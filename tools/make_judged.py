@@ -75,13 +75,17 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--eval", nargs="+", required=True, metavar="xS=DIR", help="evaluate output folders by scale")
     ap.add_argument("--out", type=Path, default=Path("docs/JUDGED.md"))
+    ap.add_argument("--skip", nargs="*", default=[], metavar="ROW",
+                    help="rows of the folders left off the page (e.g. the release a retrained model replaced, evaluated "
+                         "beside it for tools/quality_check.py)")
     args = ap.parse_args(argv)
     page = [INTRO]
     for spec in args.eval:
         label, _, spec_dirs = spec.partition("=")
         folders = [Path(f) for f in spec_dirs.split(",")]
         summary = load_evaluations(folders)  # first folder with a model gives its row; other faces are refused
-        rows = per_image(folders)
+        summary["models"] = {k: v for k, v in summary["models"].items() if k not in args.skip}
+        rows = {k: v for k, v in per_image(folders).items() if k not in args.skip}
         s, hr = summary["scale"], summary["hr_size"]
         d = summary["data"]
         page += [f"## {label}: {hr // s} -> {hr} px", "",

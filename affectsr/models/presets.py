@@ -46,12 +46,11 @@ ARCHITECTURES: dict[str, tuple[type, type[torch.nn.Module]]] = {
 }
 
 _LITE = dict(nf=32, nb=3, gc=16, gcn_dims=(32, 64), msaf_groups=4)
-# The cheap prior (issue 17): MSAF fusion after the trunk and the first x2 upsampling only, 1x1 prior heads,
-# 8 splatted channels, splatted once and pooled. Not exact: both -lite presets were retrained with it (distilled
-# from the full presets, tools/train_lite_distill.sh), and each preset builds the network its file holds.
-# The full presets need none of it: with the exact speedups their prior costs a few per cent of the nf64 nb23
-# backbone (README speed tables).
-_FAST = dict(fusion_stages=2, prior_kernel=1, splat_channels=8, splat_once=True)
+# The cheap prior (issue 17): one MSAF fusion, after the trunk at the LR size (fusion_stages=1), a 1x1 prior head,
+# 8 splatted channels, splatted once. Not exact: both -lite presets were retrained with it (distilled from the full
+# presets, tools/train_lite_distill.sh: first with fusion_stages=2, then fine-tuned to 1 as the second fusion's ~80
+# small ops kept them at ~0.87x their RRDB at two threads), and each preset builds the network its file holds.
+_FAST = dict(fusion_stages=1, prior_kernel=1, splat_channels=8, splat_once=True)
 FAST = {"affectsr-x4-lite": _FAST, "affectsr-x8-lite": _FAST}
 OLD_PRIOR = dict(fusion_stages=0, prior_kernel=3, splat_channels=16, splat_once=False)  # before FAST (for A/Bs)
 
