@@ -30,13 +30,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from affectsr.atomic import atomic_write
-from affectsr.data.dataset import FaceCache, make_batch
-from affectsr.data.trunk_cache import TrunkCache, TrunkCacheConfig, build_trunk_cache, finish_trunk
-from affectsr.images import resize
-from affectsr.metrics import psnr_y, to_tensor
-from affectsr.models.affectsrnet import AffectSRNet, ModelConfig
-from affectsr.models.realesrgan import rrdb_state_dict
+# this checkout's package, not an installed one (a tool run from another worktree measures that worktree's code)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from affectsr.atomic import atomic_write  # noqa: E402
+from affectsr.data.dataset import FaceCache, make_batch  # noqa: E402
+from affectsr.data.trunk_cache import TrunkCache, TrunkCacheConfig, build_trunk_cache, finish_trunk  # noqa: E402
+from affectsr.images import resize  # noqa: E402
+from affectsr.metrics import psnr_y, to_tensor  # noqa: E402
+from affectsr.models.affectsrnet import AffectSRNet, ModelConfig  # noqa: E402
+from affectsr.models.realesrgan import rrdb_state_dict  # noqa: E402
 
 CACHES = ["/work/main/.data/cache/utkface_aligned", "/work/main/.data/cache/taiwanese_expr"]
 

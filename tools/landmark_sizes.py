@@ -5,11 +5,17 @@ detected (the detector upsamples internally), and compared with the landmarks fo
 128 px original: NME = mean point error / inter-ocular distance (outer eye corners 33, 263).
 Run: python tools/landmark_sizes.py
 """
+import sys
+from pathlib import Path
+
 import numpy as np
 
-from affectsr.assets import default_face
-from affectsr.images import resize
-from affectsr.landmarks import LandmarkDetector
+# this checkout's package, not an installed one (a tool run from another worktree measures that worktree's code)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from affectsr.assets import default_face  # noqa: E402
+from affectsr.images import resize  # noqa: E402
+from affectsr.landmarks import LandmarkDetector  # noqa: E402
 
 SIZES = (128, 64, 48, 32, 24, 20, 18, 16, 14, 12)
 

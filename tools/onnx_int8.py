@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,11 +26,14 @@ import torch
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from affectsr.data.dataset import FaceCache, make_batch
-from affectsr.export import OnnxSRModel, export_onnx
-from affectsr.metrics import psnr_y, quantize
-from affectsr.models.presets import PRESETS
-from affectsr.models.profile import interleaved_medians
+# this checkout's package, not an installed one (a tool run from another worktree measures that worktree's code)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from affectsr.data.dataset import FaceCache, make_batch  # noqa: E402
+from affectsr.export import OnnxSRModel, export_onnx  # noqa: E402
+from affectsr.metrics import psnr_y, quantize  # noqa: E402
+from affectsr.models.presets import PRESETS  # noqa: E402
+from affectsr.models.profile import interleaved_medians  # noqa: E402
 
 
 class Faces(CalibrationDataReader):

@@ -39,10 +39,13 @@ from pathlib import Path
 import onnxruntime
 import torch
 
-from affectsr.bench import add_ratios, bench_frames, frames_markdown, machine, rrdb_reference, run_bench, to_markdown
-from affectsr.export import OnnxSRModel, export_onnx
-from affectsr.models import presets
-from affectsr.models.profile import interleaved_medians
+# this checkout's package, not an installed one (a tool run from another worktree measures that worktree's code)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from affectsr.bench import add_ratios, bench_frames, frames_markdown, machine, rrdb_reference, run_bench, to_markdown  # noqa: E402
+from affectsr.export import OnnxSRModel, export_onnx  # noqa: E402
+from affectsr.models import presets  # noqa: E402
+from affectsr.models.profile import interleaved_medians  # noqa: E402
 
 NAMES = ["affectsr-x4", "affectsr-x8", "affectsr-x4-lite", "affectsr-x8-lite"]  # (both -lite ship the cheap prior)
 CHEAP = "-cheap"

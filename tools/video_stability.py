@@ -32,12 +32,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from affectsr.assets import DEFAULT_FACE_BOX, default_scene
-from affectsr.atomic import atomic_write
-from affectsr.images import read_image, resize
-from affectsr.landmarks import LandmarkDetector
-from affectsr.faces import crop_padded, feather_mask
-from affectsr.video import upscale_video, write_video
+# this checkout's package, not an installed one (a tool run from another worktree measures that worktree's code)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from affectsr.assets import DEFAULT_FACE_BOX, default_scene  # noqa: E402
+from affectsr.atomic import atomic_write  # noqa: E402
+from affectsr.images import read_image, resize  # noqa: E402
+from affectsr.landmarks import LandmarkDetector  # noqa: E402
+from affectsr.faces import crop_padded, feather_mask  # noqa: E402
+from affectsr.video import upscale_video, write_video  # noqa: E402
 
 W, H, UP = 320, 240, 4  # LR frame and the render factor
 PATCH = 160  # HR face patch side: ~40 px in LR

@@ -28,9 +28,11 @@ def ell_adjacency(adjacency: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.where(weight != 0, order, torch.zeros_like(order)), weight
 
 
-def propagate(x: torch.Tensor, index: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def propagate(x: torch.Tensor, index: torch.Tensor, weight: torch.Tensor,
+              offsets: torch.Tensor | None = None) -> torch.Tensor:
     """Â X for X of B x N x C, with Â as :func:`ell_adjacency` gives it (``weight`` N x D, or N x 1 x D as
-    :class:`GCN` passes it: shaped once for all its layers, so an exported graph holds one constant)."""
+    :class:`GCN` passes it: shaped once for all its layers, so an exported graph holds one constant). ``offsets``:
+    the bags' starts 0, D, 2D, ... when the caller keeps them (embedding_bag would build them on every call)."""
     n, c = x.shape[1:]
     if weight.dtype != x.dtype:  # (only where needed: a traced graph then records no Cast)
         weight = weight.to(x.dtype)
@@ -49,7 +51,10 @@ def propagate(x: torch.Tensor, index: torch.Tensor, weight: torch.Tensor) -> tor
     rows = x.transpose(0, 1).reshape(n, -1)  # node-major (N x BC), so each gathered row is contiguous
     # the same weighted sum as the traced Gather + MatMul without writing the N x D x BC gather out (4x faster at
     # batch 8)
-    out = F.embedding_bag(index, rows, per_sample_weights=weight.view(index.shape), mode="sum")
+    if offsets is None:
+        out = F.embedding_bag(index, rows, per_sample_weights=weight.view(index.shape), mode="sum")
+    else:
+        out = F.embedding_bag(index.view(-1), rows, offsets, per_sample_weights=weight.reshape(-1), mode="sum")
     return out.view(n, -1, c).transpose(0, 1)
 
 
@@ -74,20 +79,19 @@ class GCNLayer(nn.Module):
         self.register_buffer("adj_weight", weight, persistent=False)
         nn.init.xavier_uniform_(self.lin.weight)
 
-    def forward(self, x: torch.Tensor, adj: tuple[torch.Tensor, torch.Tensor] | None = None,
+    def forward(self, x: torch.Tensor, adj: tuple[torch.Tensor, ...] | None = None,
                 weight: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
-        """Â X W^T + b; ``weight`` and ``bias`` replace the layer's own (:meth:`GCN.forward` passes them to fold a
-        linear map that follows the layer into it)."""
-        index, adj_weight = adj if adj is not None else (self.adj_index, self.adj_weight)
+        """Â X W^T + b; ``adj``: (index, weight[, offsets]) of Â; ``weight`` and ``bias`` replace the layer's own
+        (:meth:`GCN.forward` passes them to fold a linear map that follows the layer into it)."""
+        index, adj_weight, *offsets = adj if adj is not None else (self.adj_index, self.adj_weight)
         if index is None:
             raise ValueError("GCNLayer built without an adjacency needs one in forward(x, (index, weight))")
         if weight is None:
             weight, bias = self.lin.weight, self.bias
         # (Â X) W == Â (X W): propagate whichever side has fewer channels
         if weight.shape[1] < weight.shape[0]:
-            out = F.linear(propagate(x, index, adj_weight), weight)
-        else:
-            out = propagate(F.linear(x, weight), index, adj_weight)
+            return F.linear(propagate(x, index, adj_weight, *offsets), weight, bias)  # (bias in the same op)
+        out = propagate(F.linear(x, weight), index, adj_weight, *offsets)
         return out if bias is None else out + bias
 
 
@@ -99,23 +103,32 @@ class GCN(nn.Module):
         index, weight = ell_adjacency(adjacency)
         self.register_buffer("adj_index", index, persistent=False)
         self.register_buffer("adj_weight", weight, persistent=False)
+        self.register_buffer("adj_offsets", torch.arange(0, index.numel(), index.shape[1]), persistent=False)
         self.layers = nn.ModuleList(GCNLayer(a, b) for a, b in zip(dims[:-1], dims[1:]))
-        self.act = nn.LeakyReLU(0.2)
+        self.act = nn.LeakyReLU(0.2, inplace=True)  # (on each layer's fresh output)
 
-    def forward(self, x: torch.Tensor, then: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    def fold(self, then: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The last layer's (weight, bias) with the linear map ``h -> h P^T + p`` of ``then = (P, p)`` folded in:
+        (Â X W^T + b) P^T + p = Â X (P W)^T + (P b + p)."""
+        weight, bias = then
+        last = self.layers[-1]
+        if last.bias is not None:
+            bias = bias + weight @ last.bias
+        return weight @ last.lin.weight, bias
+
+    def forward(self, x: torch.Tensor, then: tuple[torch.Tensor, torch.Tensor] | None = None,
+                folded: tuple[torch.Tensor, torch.Tensor | None] | None = None) -> torch.Tensor:
         """B x N x dims[0] -> B x N x dims[-1]; with ``then = (P, p)``, the linear map ``h -> h P^T + p`` applied to
-        the output, folded into the last layer: (Â X W^T + b) P^T + p = Â X (P W)^T + (P b + p), so Â propagates
-        P's rows instead of the layer's channels (the same numbers up to float rounding)."""
+        the output, folded into the last layer (:meth:`fold`), so Â propagates P's rows instead of the layer's
+        channels (the same numbers up to float rounding); ``folded``: :meth:`fold`'s result, when the caller keeps it."""
         # Â's weights as propagate's traced MatMul takes them (N x 1 x D), shaped once for all layers and with
         # N read from x: the exporter inlines a (non-persistent) buffer at each use, and folds a reshape of a
         # constant, into a copy of the table per layer; a reshape whose shape the graph computes is one node
         adj = (self.adj_index, self.adj_weight.view(x.shape[1], 1, -1))
+        if not torch.jit.is_tracing():  # (a traced graph gathers instead: no offsets)
+            adj += (self.adj_offsets,)
         for layer in self.layers[:-1]:
             x = self.act(layer(x, adj))
-        last = self.layers[-1]
-        if then is None:
-            return last(x, adj)
-        weight, bias = then
-        if last.bias is not None:
-            bias = bias + weight @ last.bias
-        return last(x, adj, weight @ last.lin.weight, bias)
+        if then is not None:
+            folded = self.fold(then)
+        return self.layers[-1](x, adj) if folded is None else self.layers[-1](x, adj, *folded)

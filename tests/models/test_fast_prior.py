@@ -82,7 +82,7 @@ def test_ell_propagation_equals_the_dense_adjacency(adjacency):
 def test_gcn_equals_the_dense_stack_and_holds_one_adjacency(adjacency):
     torch.manual_seed(0)
     gcn = GCN((3, 8, 16, 4), adjacency)
-    assert len(list(gcn.buffers())) == 2 and all(layer.adj_index is None for layer in gcn.layers)
+    assert len(list(gcn.buffers())) == 3 and all(layer.adj_index is None for layer in gcn.layers)  # index, weight, offsets
     x = torch.randn(2, N, 3)
     h = x
     for i, layer in enumerate(gcn.layers):  # the code of b9a1f0b: Â (X W) + b with a dense Â per layer
@@ -305,18 +305,24 @@ def test_gcn_folds_a_following_linear_map(adjacency):
         torch.testing.assert_close(gcn(x, (then.weight, then.bias)), then(gcn(x)), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("size", [(5, 7), (33, 35)])  # below SMALL_MAP pixels: MSAF.pair + conv; above: folded
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
-def test_folded_fusion_equals_msaf_then_conv(layout):
+def test_folded_fusion_equals_msaf_then_conv(layout, size, monkeypatch):
+    import affectsr.models.msaf as msaf
+
     torch.manual_seed(0)
     f = FusionBlock(16, "msaf", 4).eval()
+    calls = []
+    monkeypatch.setattr(f, "_folded", lambda *a: calls.append(1) or FusionBlock._folded(f, *a))
     with torch.no_grad():
         for p in f.parameters():
             p.normal_(0, 0.3)
-        x, p = (torch.randn(3, 16, 5, 7).contiguous(memory_format=layout) for _ in range(2))
+        x, p = (torch.randn(3, 16, *size).contiguous(memory_format=layout) for _ in range(2))
         out = f(x, p)
         torch.testing.assert_close(out, x + f.proj(f.fuse(x, p)), atol=1e-5, rtol=1e-5)
         assert out.is_contiguous(memory_format=layout)
         torch.testing.assert_close(f(x, p.contiguous()), out, atol=1e-6, rtol=0)  # a prior in the other layout
+    assert bool(calls) == (size[0] * size[1] >= msaf.SMALL_MAP)
 
 
 def test_optimised_pass_under_autocast_and_autograd():
@@ -373,3 +379,38 @@ def test_traced_forward_equals_eager_with_the_bicubic_skip(monkeypatch):
         eager = model(lr, lm)
         monkeypatch.setattr(torch.jit, "is_tracing", lambda: True)
         torch.testing.assert_close(model(lr, lm), eager, atol=1e-5, rtol=0)
+
+
+def test_fold_cache_is_exact_and_follows_weight_changes():
+    """Inference keeps the GCN's folded last layer between calls (SpatialPrior._folded_last_layer); it must give what
+    a fresh fold gives, be rebuilt when a weight changes in place or is loaded, and never serve a training step."""
+    net = create_model("affectsr-x8-lite").eval()
+    prior = net.prior
+    lm = _landmarks(2, seed=3)
+    fresh = lambda: prior.gcn(lm, then=prior.splat_map())  # noqa: E731  (no cache)
+    with torch.no_grad():
+        torch.testing.assert_close(prior.gcn(lm, folded=prior._folded_last_layer()), fresh(), rtol=0, atol=0)
+        first = prior.__dict__["_fold_cache"][1]
+        assert prior._folded_last_layer() is first  # kept
+        prior.to_splat[0].weight.mul_(2)  # in place: the version counter moves
+        torch.testing.assert_close(prior.gcn(lm, folded=prior._folded_last_layer()), fresh(), rtol=0, atol=0)
+        assert prior.__dict__["_fold_cache"][1] is not first
+        net.load_state_dict(create_model("affectsr-x8-lite").state_dict())
+        torch.testing.assert_close(prior.gcn(lm, folded=prior._folded_last_layer()), fresh(), rtol=0, atol=0)
+    prior.__dict__.pop("_fold_cache")
+    out = prior.splat_features(lm)[0]  # grad enabled: folded afresh, differentiable, nothing kept
+    assert out.requires_grad and "_fold_cache" not in prior.__dict__
+
+
+def test_splat_of_a_square_grid_equals_the_per_axis_splat():
+    """The square-grid path (both axes' Gaussians in one chain of ops) gives the same numbers as per-axis ones."""
+    gen = torch.Generator().manual_seed(5)
+    nodes, xy = torch.randn(2, N, 9, generator=gen), torch.rand(2, N, 2, generator=gen)
+    sq = gaussian_splat(nodes, xy, (16, 16), 0.02, density=False)
+    # a 16 x 17 grid goes per axis; its first 16 columns' Gaussians differ (other pixel centres), so compare a
+    # 16 x 16 grid against the per-axis formula directly
+    from affectsr.models.prior import gaussian_1d
+    gy, gx = gaussian_1d(xy[..., 1], 16, 0.02), gaussian_1d(xy[..., 0], 16, 0.02)
+    ref = torch.einsum("bnh,bnw,bnc->bchw", gy, gx, nodes)
+    torch.testing.assert_close(sq, ref, rtol=1e-5, atol=1e-5)
+    assert gaussian_splat(nodes, xy, (16, 24), 0.02, density=False).shape == (2, 9, 16, 24)
