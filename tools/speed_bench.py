@@ -115,7 +115,7 @@ def paired_markdown(res: list[dict], clock: str) -> str:
     lines = [f"| preset | backend | batch | {unit} per batch | RRDB {unit} | {rate} | RRDB {rate} | vs RRDB |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['name']} | {r['backend']} | {r['batch']} | {r['ms']:.1f} | {r['rrdb_ms']:.1f} | "
-              f"{r['faces_per_s']:.1f} | {r['batch'] / r['rrdb_ms'] * 1e3:.1f} | {r['vs_rrdb']:.2f} |" for r in res]
+              f"{r['faces_per_s']:.1f} | {r['batch'] / r['rrdb_ms'] * 1e3:.1f} | {r['vs_rrdb']:.3f} |" for r in res]
     return "\n".join(lines)
 
 
@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
             f"(the machine was shared with other jobs); best of {args.rounds} round(s).")
     worst = min(paired, key=lambda r: r["vs_rrdb"]) if paired else None
     shipped = [r for r in paired if not r["name"].endswith(CHEAP)]
-    summary = "".join(f" Lowest vs RRDB {what}: {r['vs_rrdb']:.2f} ({r['name']}, {r['backend']})."
+    summary = "".join(f" Lowest vs RRDB {what}: {r['vs_rrdb']:.3f} ({r['name']}, {r['backend']})."
                       for what, r in (("as shipped", min(shipped, key=lambda r: r["vs_rrdb"]) if shipped else None),
                                       ("over all rows", worst)) if r is not None)
     sections = [

@@ -128,7 +128,7 @@ class GCN(nn.Module):
         if not torch.jit.is_tracing():  # (a traced graph gathers instead: no offsets)
             adj += (self.adj_offsets,)
         for layer in self.layers[:-1]:
-            x = self.act(layer(x, adj))
+            x = F.leaky_relu(layer(x, adj), self.act.negative_slope, inplace=True)  # (self.act, without a module call)
         if then is not None:
             folded = self.fold(then)
         return self.layers[-1](x, adj) if folded is None else self.layers[-1](x, adj, *folded)

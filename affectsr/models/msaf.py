@@ -100,7 +100,11 @@ class FusionBlock(nn.Module):
         if torch.is_grad_enabled() or torch.is_autocast_enabled(x.device.type) or torch.jit.is_tracing():
             return x + self.proj(self.fuse(x, prior))
         if x.shape[-2] * x.shape[-1] < SMALL_MAP and self.fuse.m == 2:
-            return x + self.proj(self.fuse.pair(x, prior))
+            mixed = self.fuse.pair(x, prior)
+            if mixed.is_contiguous(memory_format=torch.channels_last):  # the 1x1 conv as one matmul over channels
+                w = self.proj.weight.view(self.proj.out_channels, -1)
+                return x + F.linear(mixed.permute(0, 2, 3, 1), w, self.proj.bias).permute(0, 3, 1, 2)
+            return x + self.proj(mixed)
         return self._folded(x, prior)
 
     def _folded(self, x: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
