@@ -50,14 +50,17 @@ def card(preset: str, run: Path, info: dict, evals: dict | None, quality: str = 
              f"upsampling path trained, with a global bicubic skip (`residual=true`). "
              f"A CPU-budget run ({last['step']} steps): far from converged.", ""]
     if cfg.get("init"):
-        im = read_metadata(cfg["init"], "sr")
-        lines[-2] = (f"{PRESETS[preset][1]}. **Fine-tuned from an earlier release** (`{Path(cfg['init']).name}`: "
-                     f"initialised from Real-ESRGAN x4plus, {im.get('steps', '?')} frozen-trunk steps, "
-                     f"{float(im.get('wall_s', 'nan')) / 60:.0f} min) for {last['step']} more steps with the trunk frozen "
-                     f"as it was, into the config `{cfg.get('model_args') or 'of the preset'}` (the tensors that fit "
-                     f"carried over): the last {cfg['train_blocks']} RRDB blocks, trunk_conv, the landmark prior + GCN, the "
-                     f"MSAF fusions and the upsampling path trained, with the global bicubic skip. Still a CPU-budget "
-                     f"model, far from converged.")
+        chain = _init_chain(run)
+        total = sum(st["steps"] for st in chain)
+        lines[-2] = (f"{PRESETS[preset][1]}. Initialised from Real-ESRGAN x4plus and trained on a CPU with its RRDB trunk "
+                     f"frozen, in {len(chain)} stages ({total} steps in all, each starting from the one before, the "
+                     f"tensors that fit carried over): the last {cfg['train_blocks']} RRDB blocks, trunk_conv, the landmark "
+                     f"prior + GCN, the MSAF fusions and the upsampling path trained, with the global bicubic skip. Still a "
+                     f"CPU-budget model, far from converged.")
+        lines += ["## Stages", "", "| stage | from | steps | wall (min) | lr | emotion loss | config overrides |",
+                  "|---|---|---:|---:|---:|---|---|"]
+        lines += [f"| {i + 1} | {st['from']} | {st['steps']} | {st['wall_min']} | {st['lr']} | {st['emo']} | "
+                  f"{st['model_args']} |" for i, st in enumerate(chain)] + [""]
     elif cfg.get("model_args"):
         lines[-2] += f" Config overrides: `{cfg['model_args']}`."
     lines += [
@@ -96,6 +99,37 @@ def card(preset: str, run: Path, info: dict, evals: dict | None, quality: str = 
     lines += ["## Resume", "", f"Call the training command again with the same `out` and a larger `minutes=`: it continues "
               f"from `out/last.pt` (step {last['step']}); then `python tools/ship_full.py {preset} --run <out>`.", ""]
     return "\n".join(lines)
+
+
+def _init_chain(run: Path) -> list[dict]:
+    """The stages that led to a run, oldest first: each run's config.json names its ``init``; a run's
+    model.safetensors (a folder with config.json) is followed further, a shipped file's metadata gives its steps."""
+    chain: list[dict] = []
+    while True:
+        cfg = json.loads((run / "config.json").read_text())
+        log = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines() if x.strip()]
+        init = Path(cfg["init"]) if cfg.get("init") else None
+        chain.insert(0, {"from": f"`{init.name}`" if init else "Real-ESRGAN x4plus", "steps": log[-1]["step"],
+                         "wall_min": f"{log[-1]['wall_s'] / 60:.0f}", "lr": cfg["lr"],
+                         "emo": f"{cfg['lambda_emo']} every {cfg['emo_every']} steps" if cfg["lambda_emo"] else "none",
+                         "model_args": f"`{cfg['model_args']}`" if cfg.get("model_args") else "-"})
+        if init is None:
+            return chain
+        if (init.parent / "config.json").is_file() and (init.parent / "log.jsonl").is_file():
+            chain[0]["from"] = f"stage {{}} (`{init.parent.name}`)"
+            run = init.parent
+            continue
+        meta = read_metadata(init, "sr")  # a release: its own run is summarised by its metadata
+        tc = json.loads(meta.get("train_config", "{}"))
+        chain.insert(0, {"from": "Real-ESRGAN x4plus", "steps": int(meta.get("steps", 0)),
+                         "wall_min": f"{float(meta.get('wall_s', 'nan')) / 60:.0f}", "lr": tc.get("lr", "?"),
+                         "emo": f"{tc['lambda_emo']} every {tc['emo_every']} steps" if tc.get("lambda_emo") else "?",
+                         "model_args": f"`{tc['model_args']}`" if tc.get("model_args") else "-"})
+        chain[1]["from"] = f"the release `{init.name}` (stage 1)"
+        break
+    for i, st in enumerate(chain):  # name the earlier stages by number
+        st["from"] = st["from"].replace("stage {}", f"stage {i}")
+    return chain
 
 
 def _shipped_name(classifier: str) -> str | None:

@@ -49,7 +49,8 @@ def main() -> int:
     meta = read_metadata(run / "ema.safetensors", "sr")
     cfg = json.loads(meta["train_config"])
     dst = WEIGHTS_DIR / f"{a.preset}.safetensors"
-    staged = run / f"{a.preset}.fp16.safetensors"
+    staged = run / "ship" / f"{a.preset}.safetensors"  # (named as the preset: the card's tables show its stem)
+    staged.parent.mkdir(exist_ok=True)
     model = load_model(str(run / "ema.safetensors"))
     save_weights(model, staged, half=True, metadata={k: meta[k] for k in ("steps", "seed", "train_seconds", "machine")}
                  | {"data": ",".join(Path(d).name for d in cfg["data"]), "train_config": meta["train_config"]})
