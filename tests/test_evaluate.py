@@ -91,8 +91,9 @@ def test_end_to_end_files_and_keys(eval_run):
         assert m["identity_kept"] == 1.0 and m["identity_cosine"] > 0.9
         for k in ("nme_mouth", "nme_eyes", "nme_brows"):
             assert 0 < m[k] < 0.2
-    # the distilled x4 -lite file records the classifier its emotion loss read (train's default, the teacher)
-    assert s["affectsr-x4-lite"]["trained_with"] == "fer-teacher-vgg" and s["bicubic"]["trained_with"] is None
+    # the distilled x4 -lite file records the classifier its emotion loss read (train's default, the teacher; the
+    # 2026-11-30 fine-tune ran with the default of then, fer-teacher-vgg2)
+    assert s["affectsr-x4-lite"]["trained_with"] == TEACHER_CLASSIFIER and s["bicubic"]["trained_with"] is None
     assert (run["judge"], run["teacher"]) == ("fer-judge-resnet", TEACHER_CLASSIFIER)
     for k in ("command", "machine", "date"):
         assert run[k]
@@ -105,7 +106,7 @@ def test_end_to_end_files_and_keys(eval_run):
         rows = list(csv.DictReader(f))
     assert len(rows) == 6 and {r["model"] for r in rows} == {"bicubic", "affectsr-x4-lite"}
     assert all(r["identity_cos"] and r["teacher_sr_pred"] and r["nme_mouth"] for r in rows)
-    assert "its emotion loss trained against `fer-teacher-vgg`" in md
+    assert f"its emotion loss trained against `{TEACHER_CLASSIFIER}`" in md
     with Image.open(out / "grid.png") as g:
         assert g.size[0] == 128 * 4  # LR | bicubic | affectsr-x4-lite | HR
     # probs.npz: the FER distributions per face in per_image.csv's order; ECM recomputed from them is the summary's

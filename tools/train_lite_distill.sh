@@ -20,7 +20,9 @@
 # The shipped files of 2026-11-30 (fusion_stages=1, issue 17) fine-tune those of 2026-11-29 (fusion_stages=2), every
 # tensor of which fits (the second fusion is dropped): INIT=<copy of the 2026-11-29 file> INIT_SKIP= STEPS=700
 # LR=1e-4 tools/train_lite_distill.sh 4|8, TRUNK unused (the teacher.npz of the 2026-11-29 run linked into OUT),
-# both runs at once at 1 thread each beside a third job (x4: 27 min, x8: 21 min).
+# both runs at once at 1 thread each beside a third job (x4: 30 min, x8: 24 min). affectsr-x8-lite then went to a
+# one-layer GCN (presets.FAST): tools/one_layer_gcn_init.py <that run's ema.safetensors> INIT.safetensors, then
+# INIT=INIT.safetensors INIT_SKIP= LR=1e-4 STEPS=700 tools/train_lite_distill.sh 8 (20 min).
 # INIT: the previous -lite weights (default: a copy of the shipped file, made once in $OUT, so that shipping the
 # result does not change the start of a resumed or repeated run; after shipping, take the previous release from git).
 set -euo pipefail
