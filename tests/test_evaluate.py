@@ -178,9 +178,10 @@ def test_only_untrained_models_is_an_error_not_a_crash(face_folder, tmp_path, ca
 
 def test_the_judge_is_never_the_trainer(face_folder, tmp_path, capsys):
     """Every shipped affectsr model's emotion loss used fer-teacher-vgg (the full presets through a copy of it,
-    recorded by content in their train_config): it may not judge any of them."""
+    recorded by content in their train_config) or the ensemble holding it, fer-teacher-vgg2 (the -lite fine-tunes of
+    2026-11-30): neither may judge any of them."""
     for model, scale, judge in (("affectsr-x8-lite", "8", "fer-teacher-vgg"), ("affectsr-x4-lite", "4", "fer-teacher-vgg"),
-                                ("affectsr-x8", "8", "fer-teacher-vgg")):
+                                ("affectsr-x8", "8", "fer-teacher-vgg"), ("affectsr-x8", "8", "fer-teacher-vgg2")):
         rc = main(["evaluate", "--model", f"bicubic,{model}", "--data", str(face_folder), "--scale", scale,
                    "--out", str(tmp_path / "o"), "--judge", judge, "--teacher", "none", "--no-identity", "-q"])
         assert rc == 2
@@ -205,3 +206,13 @@ def test_a_fine_tune_of_the_trainer_counts_as_the_trainer():
     assert _same_family("fer-mini-xception", "/x/fer-mini-xception-ft.safetensors")
     assert _same_family("fer-mini-xception-ft", "fer-mini-xception")
     assert not _same_family("fer-teacher-vgg", "fer-judge-resnet")
+
+
+def test_an_ensemble_that_holds_the_trainer_counts_as_the_trainer():
+    """fer-teacher-vgg2 averages fer-teacher-vgg (named by sha256 in its recipe): a model trained against either may
+    not be judged by the other; the judge shares no member with them."""
+    from affectsr.evaluate.core import _family, _same_family
+
+    assert _family("fer-teacher-vgg2") == {"fer-teacher-vgg2", "fer-teacher-vgg"}
+    assert _same_family("fer-teacher-vgg2", "fer-teacher-vgg") and _same_family("fer-teacher-vgg", "fer-teacher-vgg2")
+    assert not _same_family("fer-teacher-vgg2", "fer-judge-resnet")

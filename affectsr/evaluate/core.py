@@ -44,7 +44,7 @@ from ..models.presets import weights_path
 from ..pipeline import Upscaler
 from ..progress import progress as progress_bar
 from ..types import LANDMARK_MODES, check_landmark_mode
-from ..weights import WeightsError, read_metadata
+from ..weights import WEIGHTS_DIR, WeightsError, file_sha256, read_metadata, shipped_names
 
 __all__ = ["HR_SIZE", "LPIPS_NOTE", "Face", "ModelSkipped", "bicubic_batch", "bicubic_up", "fer_probs", "fer_summary",
            "load_faces", "resolve_models", "run_evaluation"]
@@ -168,9 +168,28 @@ def _classifier_key(name: str) -> str:
     return Path(name).name.removesuffix(".safetensors")
 
 
+def _family(name: str) -> set[str]:
+    """The classifiers a FER classifier's outputs come from: itself (a ``-ft`` fine-tune counts as the one without
+    the suffix) and, for an ensemble, the shipped classifiers it averages (its recipe names each member by sha256;
+    fer-teacher-vgg2 averages fer-teacher-vgg and another VGG)."""
+    key = _classifier_key(name)
+    out = {key.removesuffix("-ft")}
+    path = Path(name) if Path(name).suffix == ".safetensors" else WEIGHTS_DIR / f"{key}.safetensors"
+    try:
+        recipe = json.loads(read_metadata(path, "classifier").get("recipe", "{}")) if path.is_file() else {}
+    except (ValueError, OSError, WeightsError):
+        recipe = {}
+    digests = {m.get("sha256") for m in recipe.get("members", []) if isinstance(m, dict)} - {None}
+    if digests:
+        out |= {n.removesuffix("-ft") for n in shipped_names("fer-")
+                if file_sha256(WEIGHTS_DIR / f"{n}.safetensors") in digests}
+    return out
+
+
 def _same_family(a: str, b: str) -> bool:
-    """A ``-ft`` classifier is a fine-tune of the one without the suffix: judging with either is judging with the trainer."""
-    return _classifier_key(a).removesuffix("-ft") == _classifier_key(b).removesuffix("-ft")
+    """Judging with ``b`` a model whose emotion loss read ``a`` is judging with the trainer: the same classifier, a
+    fine-tune of it (``-ft``), or an ensemble that holds it (either way round)."""
+    return bool(_family(a) & _family(b))
 
 
 def bicubic_up(lr: np.ndarray, scale: int) -> np.ndarray:
