@@ -173,6 +173,21 @@ def load_state(module: torch.nn.Module, state: Mapping[str, torch.Tensor], path:
         raise WeightsError(path, f"its tensors do not fit the network ({' '.join(str(e).split())[:200]})") from e
 
 
+def load_fitting(module: torch.nn.Module, state: Mapping[str, torch.Tensor], path: str | Path,
+                 skip: tuple[str, ...] = (), hint: str = "") -> list[str]:
+    """Load the tensors of ``state`` whose name and shape fit ``module``, except names starting with one of ``skip``
+    (e.g. the fusions of a prior that comes back fresh: zero-initialised, they leave the loaded backbone's output as
+    it was): a start for training a changed network from a trained one. Returns the names left as they were; a
+    WeightsError (``hint`` appended) when nothing fits."""
+    own = module.state_dict()
+    fit = {k: v for k, v in state.items()
+           if k in own and tuple(v.shape) == tuple(own[k].shape) and not k.startswith(tuple(skip))}
+    if not fit:
+        raise WeightsError(path, "none of its tensors fit the network" + (f" ({hint})" if hint else ""))
+    module.load_state_dict(fit, strict=False)
+    return [k for k in own if k not in fit]
+
+
 def write_weights(state: Mapping[str, torch.Tensor], path: str | Path, kind: Kind, config: dict,
                   metadata: Mapping[str, str] | None = None, half: bool = False) -> Path:
     """Atomically write a state dict (floats as fp16 with ``half``) with its format tag, config and ``metadata``."""

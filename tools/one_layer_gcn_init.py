@@ -18,6 +18,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's package
 
 from affectsr.models import create_model, load_model, save_weights  # noqa: E402
+from affectsr.weights import load_fitting  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,8 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"{a.src}: a {len(src.prior.gcn.layers)}-layer GCN; this composes a two-layer one into one")
     keep = ("fusion_stages", "prior_kernel", "splat_channels", "splat_once")
     dst = create_model(a.preset, **{k: getattr(src.config, k) for k in keep}, gcn_dims=src.config.gcn_dims[:1])
-    own = dst.state_dict()
-    dst.load_state_dict({k: v for k, v in src.state_dict().items() if k in own and v.shape == own[k].shape}, strict=False)
+    load_fitting(dst, src.state_dict(), a.src)
     w1, b1 = src.prior.gcn.layers[1].lin.weight, src.prior.gcn.layers[1].bias
     with torch.no_grad():
         for new, old in zip(dst.prior.to_splat, src.prior.to_splat):

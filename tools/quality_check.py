@@ -13,7 +13,6 @@ is met, 1 when not, so a script can gate shipping on it.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -21,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
-from make_results import per_image  # noqa: E402
+from make_results import load_evaluations, per_image  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -85,9 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in (args.new, args.old):
         if name not in rows:
             ap.error(f"no row {name!r} in {', '.join(map(str, args.eval))} (rows: {', '.join(rows)})")
-    summary = {}
-    for d in args.eval:
-        summary.update(json.loads((d / "summary.json").read_text()))
+    summary = load_evaluations(args.eval)["models"]  # (refuses folders of other faces; first folder gives a row)
     diffs = paired_rows(rows, args.new, args.old)
     print(f"`{args.new}` - `{args.old}` on the same faces (paired bootstrap 95 % interval):\n")
     print("| metric | old | new | new - old [95 % interval] | faces |\n|---|---:|---:|---:|---:|")

@@ -101,34 +101,38 @@ def card(preset: str, run: Path, info: dict, evals: dict | None, quality: str = 
     return "\n".join(lines)
 
 
+def _stage(cfg: dict, steps: int, wall_s: float) -> dict:
+    """One row of the card's stage table from a frozen-trunk run's config."""
+    return {"steps": steps, "wall_min": f"{wall_s / 60:.0f}", "lr": cfg.get("lr", "?"),
+            "emo": f"{cfg['lambda_emo']} every {cfg['emo_every']} steps" if cfg.get("lambda_emo")
+            else "none" if "lambda_emo" in cfg else "?",
+            "model_args": f"`{cfg['model_args']}`" if cfg.get("model_args") else "-"}
+
+
 def _init_chain(run: Path) -> list[dict]:
-    """The stages that led to a run, oldest first: each run's config.json names its ``init``; a run's
-    model.safetensors (a folder with config.json) is followed further, a shipped file's metadata gives its steps."""
+    """The stages that led to a run, oldest first: each run's config.json names its ``init``, followed while it is a
+    run's model.safetensors (a folder with config.json and log.jsonl); a shipped file ends the chain, its own run
+    read from its metadata. Each row says where its stage started."""
     chain: list[dict] = []
     while True:
         cfg = json.loads((run / "config.json").read_text())
         log = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines() if x.strip()]
+        chain.insert(0, _stage(cfg, log[-1]["step"], log[-1]["wall_s"]))
         init = Path(cfg["init"]) if cfg.get("init") else None
-        chain.insert(0, {"from": f"`{init.name}`" if init else "Real-ESRGAN x4plus", "steps": log[-1]["step"],
-                         "wall_min": f"{log[-1]['wall_s'] / 60:.0f}", "lr": cfg["lr"],
-                         "emo": f"{cfg['lambda_emo']} every {cfg['emo_every']} steps" if cfg["lambda_emo"] else "none",
-                         "model_args": f"`{cfg['model_args']}`" if cfg.get("model_args") else "-"})
         if init is None:
-            return chain
-        if (init.parent / "config.json").is_file() and (init.parent / "log.jsonl").is_file():
-            chain[0]["from"] = f"stage {{}} (`{init.parent.name}`)"
-            run = init.parent
-            continue
-        meta = read_metadata(init, "sr")  # a release: its own run is summarised by its metadata
-        tc = json.loads(meta.get("train_config", "{}"))
-        chain.insert(0, {"from": "Real-ESRGAN x4plus", "steps": int(meta.get("steps", 0)),
-                         "wall_min": f"{float(meta.get('wall_s', 'nan')) / 60:.0f}", "lr": tc.get("lr", "?"),
-                         "emo": f"{tc['lambda_emo']} every {tc['emo_every']} steps" if tc.get("lambda_emo") else "?",
-                         "model_args": f"`{tc['model_args']}`" if tc.get("model_args") else "-"})
-        chain[1]["from"] = f"the release `{init.name}` (stage 1)"
-        break
-    for i, st in enumerate(chain):  # name the earlier stages by number
-        st["from"] = st["from"].replace("stage {}", f"stage {i}")
+            chain[0]["from"] = "Real-ESRGAN x4plus"
+            break
+        if not ((init.parent / "config.json").is_file() and (init.parent / "log.jsonl").is_file()):
+            meta = read_metadata(init, "sr")  # a release: its own run is summarised by its metadata
+            chain[0]["from"] = f"the release `{init.name}` (stage 1)"
+            chain.insert(0, {**_stage(json.loads(meta.get("train_config", "{}")), int(meta.get("steps", 0)),
+                                      float(meta.get("wall_s", "nan"))), "from": "Real-ESRGAN x4plus"})
+            break
+        chain[0]["from"] = init.parent.name  # numbered below, once the chain's length is known
+        run = init.parent
+    for i, st in enumerate(chain[1:], start=1):
+        if not st["from"].startswith("the release"):
+            st["from"] = f"stage {i} (`{st['from']}`)"
     return chain
 
 

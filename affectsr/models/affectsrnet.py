@@ -146,16 +146,15 @@ class AffectSRNet(nn.Module):
             return self.backbone(lr)
         if landmarks.shape[1:] != (self.num_landmarks, 3) or landmarks.shape[0] != lr.shape[0]:
             raise ValueError(f"landmarks must be {lr.shape[0]} x {self.num_landmarks} x 3, got {tuple(landmarks.shape)}")
-        if (not (torch.jit.is_tracing() or torch.compiler.is_compiling()) and len(landmarks)
-                and bool(torch.isfinite(landmarks).all())):
+        # a traced or compiled graph cannot branch on the data: it always gathers, and runs the prior on 0 faces for
+        # a batch without landmarks
+        branches = not (torch.jit.is_tracing() or torch.compiler.is_compiling())
+        if branches and len(landmarks) and bool(torch.isfinite(landmarks).all()):
             idx = None  # every face has landmarks (the common case, tested in 2 ops): no gather/scatter
         else:
-            valid = has_landmarks(landmarks)
-            idx = valid.nonzero()[:, 0]  # only the faces with landmarks go through the prior and the fusions
-            if not (torch.jit.is_tracing() or torch.compiler.is_compiling()) and len(idx) == 0:
+            idx = has_landmarks(landmarks).nonzero()[:, 0]  # only the faces with landmarks: prior and fusions
+            if branches and len(idx) == 0:
                 return self.backbone(lr)
-            # (a traced graph, which cannot branch, always gathers, and runs the prior on 0 faces for a batch
-            # without landmarks)
         h, w = lr.shape[-2:]
         sizes = [(h * 2**k, w * 2**k) for k in range(len(self.fusions))]
         priors = self.prior((landmarks if idx is None else landmarks.index_select(0, idx)).to(lr.dtype), sizes)

@@ -105,7 +105,7 @@ class GCN(nn.Module):
         self.register_buffer("adj_weight", weight, persistent=False)
         self.register_buffer("adj_offsets", torch.arange(0, index.numel(), index.shape[1]), persistent=False)
         self.layers = nn.ModuleList(GCNLayer(a, b) for a, b in zip(dims[:-1], dims[1:]))
-        self.act = nn.LeakyReLU(0.2, inplace=True)  # (on each layer's fresh output)
+        self.act = nn.LeakyReLU(0.2)  # (forward applies it in place, on each layer's fresh output)
 
     def fold(self, then: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The last layer's (weight, bias) with the linear map ``h -> h P^T + p`` of ``then = (P, p)`` folded in:

@@ -39,7 +39,7 @@ from ..models.affectsrnet import AffectSRNet, ModelConfig
 from ..models.presets import PRESETS, load_model, parse_config_overrides, read_config, read_state, save_weights
 from ..models.realesrgan import base_metadata, rrdb_state_dict
 from ..runinfo import machine
-from ..weights import read_metadata, write_weights
+from ..weights import load_fitting, read_metadata, write_weights
 
 __all__ = ["FrozenTrunkConfig", "TrunkData", "build_model", "export_weights", "forward_from_trunk", "train_frozen_trunk",
            "trainable_modules"]
@@ -110,9 +110,7 @@ def build_model(cfg: FrozenTrunkConfig) -> AffectSRNet:
         if getattr(src.config, "scale", None) != model.scale or getattr(src.config, "residual", None) != cfg.residual:
             raise ValueError(f"init {cfg.init} is x{getattr(src.config, 'scale', '?')} residual="
                              f"{getattr(src.config, 'residual', '?')}; this run is x{model.scale} residual={cfg.residual}")
-        own = model.state_dict()
-        fit = {k: v for k, v in src.state_dict().items() if k in own and v.shape == own[k].shape}
-        model.load_state_dict(fit, strict=False)
+        load_fitting(model, src.state_dict(), cfg.init)
     return model
 
 

@@ -42,7 +42,7 @@ from ..models import create_model, save_weights
 from ..models.presets import parse_config_overrides, read_config, read_state
 from ..plots import pyplot
 from ..runinfo import machine
-from ..weights import WeightsError, load_state
+from ..weights import WeightsError, load_fitting, load_state
 from .config import TrainConfig
 from .losses import PatchDiscriminator, discriminator_loss, generator_gan_loss, temporal_consistency_loss, temporal_pair
 from .teacher import TeacherOutputs
@@ -89,19 +89,6 @@ def _set_rng_state(s: dict) -> None:
         torch.cuda.set_rng_state_all(s["cuda"])
 
 
-def _load_fitting(model: nn.Module, state: dict[str, torch.Tensor], path: str, skip: tuple[str, ...] = ()) -> list[str]:
-    """Load the tensors of ``state`` whose name and shape fit ``model``, except names starting with one of ``skip``
-    (e.g. the fusions of a prior that comes back fresh: zero-initialised, they leave the loaded backbone's output
-    as it was); returns the names left fresh."""
-    own = model.state_dict()
-    fit = {k: v for k, v in state.items()
-           if k in own and tuple(v.shape) == tuple(own[k].shape) and not k.startswith(tuple(skip))}
-    if not fit:
-        raise WeightsError(path, "none of its tensors fit the network (init_partial=true)")
-    model.load_state_dict(fit, strict=False)
-    return [k for k in own if k not in fit]
-
-
 def _build_model(cfg: TrainConfig, log=None) -> nn.Module:
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.model, **parse_config_overrides(cfg.model, cfg.model_args))
@@ -109,7 +96,7 @@ def _build_model(cfg: TrainConfig, log=None) -> nn.Module:
         state = read_state(cfg.init)
         init_cfg = read_config(cfg.init)
         if cfg.init_partial:
-            fresh = _load_fitting(model, state, cfg.init, cfg.init_skip)
+            fresh = load_fitting(model, state, cfg.init, cfg.init_skip, hint="init_partial=true")
             if log is not None:
                 log(f"init {cfg.init}: {len(model.state_dict()) - len(fresh)} tensors loaded, {len(fresh)} left fresh"
                     + (f" ({', '.join(fresh[:6])}{' ...' if len(fresh) > 6 else ''})" if fresh else ""))
